@@ -1,0 +1,3 @@
+-- kumoproxy.openresty: OpenResty/LuaJIT glue for the kumoproxy module.
+-- Placeholder: filled in by the embedding work.
+return {}

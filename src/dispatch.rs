@@ -1,0 +1,170 @@
+//! Host-thread side of the event pump: answer queued events with Lua handlers.
+//!
+//! Runs only inside `kumoproxy.run/poll/run_until` and the module's blocking calls,
+//! on the thread that called them. A handler that errors, returns the wrong type or
+//! is missing fails closed for that one request, with one log line naming the event.
+
+use crate::auth::{AuthInfo, ConnMeta, Identity, CONTEXT_RFC1929};
+use crate::pump::{Event, Pump, Verdict};
+use mlua::{Function, Lua, Table, Value};
+
+pub const HANDLERS_KEY: &str = "kumoproxy.handlers";
+
+pub fn handlers(lua: &Lua) -> mlua::Result<Table> {
+    match lua.named_registry_value::<Value>(HANDLERS_KEY)? {
+        Value::Table(t) => Ok(t),
+        _ => {
+            let t = lua.create_table()?;
+            lua.set_named_registry_value(HANDLERS_KEY, &t)?;
+            Ok(t)
+        }
+    }
+}
+
+/// Answer every queued event; returns how many handlers ran.
+pub fn dispatch_pending(lua: &Lua, pump: &Pump) -> mlua::Result<usize> {
+    let mut n = 0;
+    for ev in pump.drain() {
+        if ev.is_abandoned() {
+            continue;
+        }
+        n += 1;
+        dispatch_one(lua, ev);
+    }
+    Ok(n)
+}
+
+fn dispatch_one(lua: &Lua, ev: Event) {
+    let name = ev.name();
+    match ev {
+        Event::AuthRfc1929 {
+            username,
+            password,
+            meta,
+            reply,
+        } => {
+            let user = String::from_utf8_lossy(&username).into_owned();
+            let verdict: Verdict = (|| {
+                let f = handler(lua, name)?;
+                let args = (
+                    lua.create_string(&username)?,
+                    lua.create_string(&password)?,
+                    conn_meta_table(lua, &meta)?,
+                );
+                let ret: Value = f.call(args)?;
+                Ok::<_, mlua::Error>(auth_verdict(ret, &user))
+            })()
+            .unwrap_or_else(|e| {
+                tracing::error!(
+                    "{name} handler failed (denying user '{user}'): {}",
+                    flat(&e)
+                );
+                Err(format!("{name} handler raised an error"))
+            });
+            if let Err(why) = &verdict {
+                if why.contains("returned") {
+                    tracing::error!("{name}: {why}");
+                }
+            }
+            let _ = reply.send(verdict);
+        }
+    }
+}
+
+fn handler(lua: &Lua, name: &str) -> mlua::Result<Function> {
+    match handlers(lua)?.raw_get::<Value>(name)? {
+        Value::Function(f) => Ok(f),
+        _ => Err(mlua::Error::RuntimeError(format!(
+            "no handler registered for {name}"
+        ))),
+    }
+}
+
+pub fn conn_meta_table(lua: &Lua, meta: &ConnMeta) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("peer_address", meta.peer.to_string())?;
+    t.set("local_address", meta.local.to_string())?;
+    Ok(t)
+}
+
+/// `true` / `false` / AuthInfo table -> verdict. Anything else is a handler bug.
+fn auth_verdict(ret: Value, user: &str) -> Verdict {
+    match ret {
+        Value::Boolean(true) => Ok(AuthInfo::single(user, CONTEXT_RFC1929)),
+        Value::Boolean(false) | Value::Nil => Err("rejected by handler".into()),
+        Value::Table(t) => match auth_info_from_table(&t) {
+            Ok(info) if info.identities.is_empty() => {
+                Err("handler returned an AuthInfo with no identities".into())
+            }
+            Ok(info) => Ok(info),
+            Err(e) => Err(format!("handler returned an invalid AuthInfo: {e}")),
+        },
+        other => Err(format!(
+            "handler returned a {}; expected a boolean or an AuthInfo table",
+            other.type_name()
+        )),
+    }
+}
+
+pub fn auth_info_from_table(t: &Table) -> Result<AuthInfo, String> {
+    let mut info = AuthInfo::default();
+    for (k, _) in t.pairs::<String, Value>().flatten() {
+        if !matches!(k.as_str(), "identities" | "groups") {
+            return Err(format!("unknown key '{k}' (known: identities, groups)"));
+        }
+    }
+    let ids = match t.get::<Value>("identities").map_err(|e| e.to_string())? {
+        Value::Nil => None,
+        Value::Table(ids) => Some(ids),
+        _ => return Err("identities must be a list".into()),
+    };
+    if let Some(ids) = ids {
+        for (i, id) in ids.sequence_values::<Value>().enumerate() {
+            match id.map_err(|e| e.to_string())? {
+                Value::Table(it) => {
+                    let identity: String = it
+                        .get("identity")
+                        .map_err(|_| format!("identities[{}].identity must be a string", i + 1))?;
+                    let context: Option<String> = it
+                        .get("context")
+                        .map_err(|_| format!("identities[{}].context must be a string", i + 1))?;
+                    info.identities.push(Identity {
+                        identity,
+                        context: context.unwrap_or_else(|| CONTEXT_RFC1929.to_string()),
+                    });
+                }
+                Value::String(s) => info.identities.push(Identity {
+                    identity: s.to_string_lossy(),
+                    context: CONTEXT_RFC1929.to_string(),
+                }),
+                other => {
+                    return Err(format!(
+                        "identities[{}] must be a table, got {}",
+                        i + 1,
+                        other.type_name()
+                    ))
+                }
+            }
+        }
+    }
+    match t.get::<Value>("groups").map_err(|e| e.to_string())? {
+        Value::Nil => {}
+        Value::Table(g) => {
+            for v in g.sequence_values::<String>() {
+                info.groups
+                    .push(v.map_err(|_| "groups must be a list of strings".to_string())?);
+            }
+        }
+        _ => return Err("groups must be a list of strings".into()),
+    }
+    Ok(info)
+}
+
+/// One line for a Lua error: message plus the first traceback line, no newlines.
+pub fn flat(e: &mlua::Error) -> String {
+    let s = match e {
+        mlua::Error::CallbackError { cause, .. } => cause.to_string(),
+        other => other.to_string(),
+    };
+    s.lines().next().unwrap_or("").to_string()
+}

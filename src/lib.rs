@@ -1,0 +1,33 @@
+//! kumoproxy: a SOCKS5 proxy for Lua hosts, loaded with `require "kumoproxy"`.
+//!
+//! Where things live:
+//! - `socks5`   — pure RFC 1928/1929 codec (bytes in, values out)
+//! - `listener` — bind, accept loop with back-off, limits
+//! - `session`  — one client: greeting, auth, requests, connect
+//! - `relay`    — splice(2) with a pipe pool, or userspace copy
+//! - `auth`     — AuthInfo, connection metadata, trusted hosts
+//! - `pump`     — runtime -> host event queue (no Lua)
+//! - `dispatch` — host-thread handler calls (Lua)
+//! - `lua_api`  — the functions and objects Lua sees
+//! - `runtime`  — per-process tokio runtime, fork-aware
+//! - `params`, `net`, `stats`, `signals`, `logging` — small shared pieces
+
+pub mod auth;
+pub mod dispatch;
+pub mod listener;
+pub mod logging;
+pub mod lua_api;
+pub mod net;
+pub mod params;
+pub mod pump;
+pub mod relay;
+pub mod runtime;
+pub mod session;
+pub mod signals;
+pub mod socks5;
+pub mod stats;
+
+#[mlua::lua_module]
+fn kumoproxy(lua: &mlua::Lua) -> mlua::Result<mlua::Table> {
+    lua_api::module(lua)
+}

@@ -1,0 +1,163 @@
+//! The proxy listener: binds, accepts with back-off, hands each connection to a
+//! session task. The accept loop never dies on a per-connection error.
+
+use crate::auth::TrustedHosts;
+use crate::net::Keepalive;
+use crate::pump::Pump;
+use crate::runtime::Process;
+use crate::stats::Stats;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Handshake steps, connect, waiting for a Lua decision, and idle in the data phase.
+    pub timeout: Duration,
+    pub use_splice: bool,
+    pub require_auth: bool,
+    pub trusted_hosts: TrustedHosts,
+    pub keepalive: Keepalive,
+    pub max_connections: Option<u64>,
+    pub reuse_port: bool,
+    pub backlog: i32,
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr) -> Self {
+        Config {
+            listen,
+            timeout: Duration::from_secs(60),
+            use_splice: cfg!(target_os = "linux"),
+            require_auth: false,
+            trusted_hosts: TrustedHosts::default(),
+            keepalive: Keepalive::default(),
+            max_connections: None,
+            reuse_port: false,
+            backlog: 1024,
+        }
+    }
+}
+
+/// What the accept loop, its sessions and the Lua listener object share.
+pub struct Shared {
+    pub config: Config,
+    pub local_addr: SocketAddr,
+    pub stats: Stats,
+    pub pump: Arc<Pump>,
+    /// Cancelled by `close()`/shutdown: stop accepting; sessions go on.
+    pub closing: CancellationToken,
+    /// Cancelled when the grace period ends: in-flight sessions are cut.
+    pub abort: CancellationToken,
+    pub accepting: AtomicBool,
+}
+
+impl Shared {
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+}
+
+pub fn start(process: &Process, config: Config) -> io::Result<Arc<Shared>> {
+    let std_listener = bind(&config)?;
+    let local_addr = std_listener.local_addr()?;
+    let rt = process.runtime();
+    let _enter = rt.enter();
+    let listener = TcpListener::from_std(std_listener)?;
+    let shared = Arc::new(Shared {
+        config,
+        local_addr,
+        stats: Stats::default(),
+        pump: process.pump().clone(),
+        closing: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        accepting: AtomicBool::new(true),
+    });
+    tracing::info!("proxy listener on {local_addr}");
+    rt.spawn(accept_loop(listener, shared.clone()));
+    process
+        .listeners
+        .lock()
+        .unwrap()
+        .push(Arc::downgrade(&shared));
+    Ok(shared)
+}
+
+fn bind(config: &Config) -> io::Result<std::net::TcpListener> {
+    let addr = config.listen;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if config.reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.set_cloexec(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(config.backlog)?;
+    Ok(sock.into())
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let addr = shared.local_addr;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.closing.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = BACKOFF_MIN;
+                Stats::inc(&shared.stats.accepted);
+                if let Some(max) = shared.config.max_connections {
+                    if shared.stats.active.load(Ordering::Relaxed) >= max {
+                        Stats::inc(&shared.stats.rejected);
+                        tracing::warn!(
+                            "listener {addr}: refusing {peer}: max_connections ({max}) reached"
+                        );
+                        drop(stream);
+                        continue;
+                    }
+                }
+                shared.stats.active.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(crate::session::serve(stream, peer, shared.clone()));
+            }
+            Err(e) => {
+                Stats::inc(&shared.stats.accept_errors);
+                if is_resource_exhaustion(&e) {
+                    // Out of fds or memory: the pending connection stays in the backlog.
+                    // Retrying at once would spin; wait, doubling up to a second.
+                    if backoff == BACKOFF_MIN {
+                        tracing::warn!("listener {addr}: accept failed: {e}; backing off");
+                    }
+                    tokio::select! {
+                        _ = shared.closing.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                } else {
+                    // ECONNABORTED and friends concern one connection only.
+                    tracing::debug!("listener {addr}: accept error (skipped): {e}");
+                }
+            }
+        }
+    }
+    shared.accepting.store(false, Ordering::Release);
+    tracing::info!("proxy listener on {addr} closed");
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -1,0 +1,450 @@
+//! The Lua surface: `kumoproxy.on/start_proxy_listener/run/poll/stop/...`.
+//!
+//! Everything here runs on the host's thread. Blocking calls keep dispatching
+//! events while they wait, so one Lua thread can be both a proxy's policy and a
+//! client of it.
+
+use crate::auth::TrustedHosts;
+use crate::dispatch::{dispatch_pending, handlers};
+use crate::listener::{self, Config};
+use crate::net::Keepalive;
+use crate::params::{err, optional_duration, Params};
+use crate::pump::{self, Pump};
+use crate::runtime::{self, Process};
+use mlua::{Lua, MultiValue, Table, UserData, UserDataMethods, Value};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn module(lua: &Lua) -> mlua::Result<Table> {
+    let m = lua.create_table()?;
+    m.set("VERSION", env!("CARGO_PKG_VERSION"))?;
+    m.set("on", lua.create_function(on)?)?;
+    m.set(
+        "start_proxy_listener",
+        lua.create_function(start_proxy_listener)?,
+    )?;
+    m.set("run", lua.create_function(run)?)?;
+    m.set("poll", lua.create_function(poll)?)?;
+    m.set(
+        "stop",
+        lua.create_function(|_, ()| {
+            runtime::current().pump().request_stop();
+            Ok(())
+        })?,
+    )?;
+    m.set("run_until", lua.create_function(run_until)?)?;
+    m.set("run_command", lua.create_function(run_command)?)?;
+    m.set(
+        "event_fd",
+        lua.create_function(|_, ()| Ok(runtime::current().pump().fd()))?,
+    )?;
+    m.set(
+        "pending_events",
+        lua.create_function(|_, ()| Ok(runtime::current().pump().pending()))?,
+    )?;
+    m.set(
+        "set_max_pending_events",
+        lua.create_function(|_, n: i64| {
+            if n < 1 {
+                return Err(err("set_max_pending_events: must be at least 1"));
+            }
+            runtime::current().pump().set_max_pending(n as usize);
+            Ok(())
+        })?,
+    )?;
+    m.set(
+        "listeners",
+        lua.create_function(|_, ()| {
+            Ok(runtime::current()
+                .live_listeners()
+                .into_iter()
+                .map(LuaListener::new)
+                .collect::<Vec<_>>())
+        })?,
+    )?;
+    Ok(m)
+}
+
+/// `kumoproxy.on(name, fn)`: registering again replaces the handler; `nil` removes it.
+fn on(lua: &Lua, (name, f): (String, Value)) -> mlua::Result<()> {
+    if pump::event_bit(&name).is_none() {
+        return Err(err(format!(
+            "kumoproxy.on: unknown event '{name}' (known events: {})",
+            pump::EVENTS.join(", ")
+        )));
+    }
+    let h = handlers(lua)?;
+    match f {
+        Value::Function(_) => {
+            h.raw_set(name.as_str(), f)?;
+            pump::set_registered(&name, true);
+        }
+        Value::Nil => {
+            h.raw_set(name.as_str(), Value::Nil)?;
+            pump::set_registered(&name, false);
+        }
+        other => {
+            return Err(err(format!(
+                "kumoproxy.on: handler for '{name}' must be a function, got {}",
+                other.type_name()
+            )))
+        }
+    }
+    Ok(())
+}
+
+fn listener_config(v: Value) -> mlua::Result<Config> {
+    let mut p = Params::new("start_proxy_listener", v)?;
+    let listen = p
+        .socket_addr("listen")?
+        .ok_or_else(|| p.key_err("listen", "is required, e.g. '127.0.0.1:1080'"))?;
+    let mut c = Config::new(listen);
+    c.timeout = p.duration("timeout", c.timeout)?;
+    if c.timeout.is_zero() {
+        return Err(p.key_err("timeout", "must be greater than zero"));
+    }
+    c.use_splice = p.bool("use_splice", c.use_splice)?;
+    c.require_auth = p.bool("require_auth", false)?;
+    if let Some(nets) = p.ip_nets("trusted_hosts")? {
+        c.trusted_hosts = TrustedHosts::new(nets);
+    }
+    if let Some(mut ka) = p.nested("tcp_keepalive")? {
+        let d = Keepalive::default();
+        c.keepalive = Keepalive {
+            enabled: ka.bool("enabled", d.enabled)?,
+            time: ka.duration("time", d.time)?,
+            interval: ka.duration("interval", d.interval)?,
+            retries: ka
+                .integer("retries", 1, 255)?
+                .map(|n| n as u32)
+                .unwrap_or(d.retries),
+        };
+        ka.finish()?;
+    }
+    c.max_connections = p.integer("max_connections", 1, i64::MAX)?.map(|n| n as u64);
+    c.reuse_port = p.bool("reuse_port", false)?;
+    c.backlog = p
+        .integer("backlog", 1, 65535)?
+        .map(|n| n as i32)
+        .unwrap_or(c.backlog);
+    p.finish()?;
+    Ok(c)
+}
+
+fn start_proxy_listener(_: &Lua, params: Value) -> mlua::Result<LuaListener> {
+    let config = listener_config(params)?;
+    let listen = config.listen;
+    let shared = listener::start(runtime::current(), config).map_err(|e| {
+        err(format!(
+            "start_proxy_listener: listen: cannot listen on {listen}: {e}"
+        ))
+    })?;
+    Ok(LuaListener::new(shared))
+}
+
+/// The listener object handed to Lua.
+pub struct LuaListener {
+    shared: Arc<listener::Shared>,
+    pid: u32,
+}
+
+impl LuaListener {
+    fn new(shared: Arc<listener::Shared>) -> Self {
+        LuaListener {
+            shared,
+            pid: std::process::id(),
+        }
+    }
+
+    /// A listener started before fork belongs to the parent's runtime.
+    fn check_pid(&self) -> mlua::Result<&listener::Shared> {
+        if self.pid != std::process::id() {
+            return Err(err(format!(
+                "this listener was started in process {} before a fork; start listeners in each worker (init_worker_by_lua)",
+                self.pid
+            )));
+        }
+        Ok(&self.shared)
+    }
+}
+
+impl UserData for LuaListener {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("local_addr", |_, this, ()| {
+            Ok(this.shared.local_addr.to_string())
+        });
+        methods.add_method("stats", |lua, this, ()| {
+            let t = lua.create_table()?;
+            for (k, v) in this.shared.stats.snapshot() {
+                t.set(k, v)?;
+            }
+            t.set(
+                "accepting",
+                this.shared
+                    .accepting
+                    .load(std::sync::atomic::Ordering::Acquire),
+            )?;
+            Ok(t)
+        });
+        methods.add_method("close", |_, this, ()| {
+            this.check_pid()?.close();
+            Ok(())
+        });
+        methods.add_meta_method("__tostring", |_, this, ()| {
+            Ok(format!("kumoproxy.listener({})", this.shared.local_addr))
+        });
+    }
+}
+
+/// Dispatch until `deadline`, or until something is dispatched when `until_one`.
+fn pump_until(
+    lua: &Lua,
+    pump: &Pump,
+    deadline: Option<Instant>,
+    until_one: bool,
+) -> mlua::Result<usize> {
+    let mut total = 0;
+    loop {
+        total += dispatch_pending(lua, pump)?;
+        if until_one && total > 0 {
+            return Ok(total);
+        }
+        let wait = match deadline {
+            None => None,
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Ok(total);
+                }
+                Some(d - now)
+            }
+        };
+        pump.wait(wait);
+    }
+}
+
+/// `kumoproxy.poll([timeout])` -> number of events dispatched.
+fn poll(lua: &Lua, timeout: Value) -> mlua::Result<usize> {
+    let t = optional_duration(lua, &timeout, "kumoproxy.poll")?.unwrap_or(Duration::ZERO);
+    let pump = runtime::current().pump();
+    pump_until(lua, pump, Some(Instant::now() + t), true)
+}
+
+/// `kumoproxy.run{ grace = '5 seconds' }`: serve until stop() or SIGINT/SIGTERM.
+fn run(lua: &Lua, opts: Value) -> mlua::Result<()> {
+    let grace = if opts.is_nil() {
+        DEFAULT_GRACE
+    } else {
+        let mut p = Params::new("kumoproxy.run", opts)?;
+        let g = p.duration("grace", DEFAULT_GRACE)?;
+        p.finish()?;
+        g
+    };
+    let process = runtime::current();
+    let pump = process.pump();
+    let why = {
+        let _signals = crate::signals::install(pump.fd());
+        loop {
+            dispatch_pending(lua, pump)?;
+            if let Some(sig) = crate::signals::received() {
+                break crate::signals::name(sig).to_string();
+            }
+            if pump.stop_requested() {
+                break "kumoproxy.stop()".to_string();
+            }
+            pump.wait(None);
+        }
+    };
+    pump.clear_stop();
+    shutdown(lua, process, grace, &why)
+}
+
+const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// Close every listener, let sessions finish within `grace`, then cut the rest.
+fn shutdown(lua: &Lua, process: &Process, grace: Duration, why: &str) -> mlua::Result<()> {
+    let listeners = process.live_listeners();
+    tracing::info!(
+        "stopping ({why}): closing {} listener(s), grace period {grace:?}",
+        listeners.len()
+    );
+    for l in &listeners {
+        l.close();
+    }
+    let pump = process.pump();
+    let deadline = Instant::now() + grace;
+    let active = || -> u64 {
+        listeners
+            .iter()
+            .map(|l| l.stats.active.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    // Sessions still mid-handshake may need Lua decisions: keep dispatching.
+    while active() > 0 && Instant::now() < deadline {
+        dispatch_pending(lua, pump)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        pump.wait(Some(left.min(Duration::from_millis(20))));
+    }
+    let cut = active();
+    if cut > 0 {
+        tracing::warn!("grace period over: cutting {cut} session(s)");
+    }
+    for l in &listeners {
+        l.abort.cancel();
+    }
+    Ok(())
+}
+
+/// `kumoproxy.run_until(seconds)` or `run_until(predicate [, timeout])`.
+/// Dispatches events meanwhile. With a predicate: returns its first truthy value,
+/// or `nil, "timeout"`.
+fn run_until(lua: &Lua, (what, timeout): (Value, Value)) -> mlua::Result<MultiValue> {
+    let pump = runtime::current().pump();
+    match what {
+        Value::Function(pred) => {
+            let t = optional_duration(lua, &timeout, "kumoproxy.run_until")?;
+            let deadline = t.map(|t| Instant::now() + t);
+            loop {
+                dispatch_pending(lua, pump)?;
+                let v: Value = pred.call(())?;
+                if !matches!(v, Value::Nil | Value::Boolean(false)) {
+                    return Ok(MultiValue::from_vec(vec![v]));
+                }
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Ok(MultiValue::from_vec(vec![
+                        Value::Nil,
+                        Value::String(lua.create_string("timeout")?),
+                    ]));
+                }
+                // State a predicate reads (stats, sockets) changes without events:
+                // look again soon, but sleep on the eventfd meanwhile.
+                let mut wait = Duration::from_millis(5);
+                if let Some(d) = deadline {
+                    wait = wait.min(d - now);
+                }
+                pump.wait(Some(wait));
+            }
+        }
+        v @ (Value::Integer(_) | Value::Number(_) | Value::String(_)) => {
+            let t = optional_duration(lua, &v, "kumoproxy.run_until")?.unwrap_or_default();
+            pump_until(lua, pump, Some(Instant::now() + t), false)?;
+            Ok(MultiValue::from_vec(vec![Value::Boolean(true)]))
+        }
+        other => Err(err(format!(
+            "kumoproxy.run_until: expected a function or a duration, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Runs `fut` on the runtime while dispatching events on this thread.
+pub fn block_pumping<T: Send + 'static>(
+    lua: &Lua,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> mlua::Result<T> {
+    let process = runtime::current();
+    let pump = process.pump().clone();
+    let slot: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
+    let done = slot.clone();
+    let waker = pump.clone();
+    process.runtime().spawn(async move {
+        let v = fut.await;
+        *done.lock().unwrap() = Some(v);
+        waker.wake();
+    });
+    loop {
+        // Drain (which resets the eventfd) before looking at the slot, so a
+        // completion between the two still wakes the wait below.
+        dispatch_pending(lua, &pump)?;
+        if let Some(v) = slot.lock().unwrap().take() {
+            return Ok(v);
+        }
+        pump.wait(None);
+    }
+}
+
+/// `kumoproxy.run_command(cmd [, {stdin=, timeout=}])` -> stdout, exit_code, stderr.
+/// `cmd` is a shell string or an argv table. Events are dispatched while it runs,
+/// so a spec can drive curl against its own proxy and auth handler.
+fn run_command(
+    lua: &Lua,
+    (cmd, opts): (Value, Value),
+) -> mlua::Result<(mlua::LuaString, i64, mlua::LuaString)> {
+    let argv: Vec<String> = match cmd {
+        Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.to_str()?.to_string()],
+        Value::Table(t) => t.sequence_values::<String>().collect::<mlua::Result<_>>()?,
+        other => {
+            return Err(err(format!(
+                "kumoproxy.run_command: expected a command string or argv table, got {}",
+                other.type_name()
+            )))
+        }
+    };
+    if argv.is_empty() {
+        return Err(err("kumoproxy.run_command: empty argv"));
+    }
+    let (stdin, timeout) = if opts.is_nil() {
+        (None, None)
+    } else {
+        let mut p = Params::new("kumoproxy.run_command", opts)?;
+        let stdin = p.raw("stdin")?;
+        let stdin = match stdin {
+            Value::Nil => None,
+            Value::String(s) => Some(s.as_bytes().to_vec()),
+            _ => return Err(p.key_err("stdin", "expected a string")),
+        };
+        let timeout = match p.raw("timeout")? {
+            Value::Nil => None,
+            v => Some(crate::params::parse_duration(&v).map_err(|e| p.key_err("timeout", e))?),
+        };
+        p.finish()?;
+        (stdin, timeout)
+    };
+    let out = block_pumping(lua, async move {
+        use tokio::io::AsyncWriteExt;
+        let mut c = tokio::process::Command::new(&argv[0]);
+        c.args(&argv[1..])
+            .stdin(if stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = c.spawn()?;
+        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            tokio::spawn(async move {
+                let _ = pipe.write_all(&data).await;
+            });
+        }
+        let wait = child.wait_with_output();
+        match timeout {
+            None => wait.await,
+            Some(t) => tokio::time::timeout(t, wait).await.unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("command timed out after {t:?}"),
+                ))
+            }),
+        }
+    })?;
+    match out {
+        Ok(o) => {
+            use std::os::unix::process::ExitStatusExt;
+            let code = o
+                .status
+                .code()
+                .map(i64::from)
+                .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0) as i64);
+            Ok((
+                lua.create_string(&o.stdout)?,
+                code,
+                lua.create_string(&o.stderr)?,
+            ))
+        }
+        Err(e) => Err(err(format!("kumoproxy.run_command: {e}"))),
+    }
+}

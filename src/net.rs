@@ -1,0 +1,77 @@
+//! Socket plumbing: address newtypes and socket options that warn instead of kill.
+
+use socket2::{SockRef, TcpKeepalive};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The remote end of an accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Our end of an accepted connection (the listener's address as the client sees it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddr(pub SocketAddr);
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for LocalAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `tcp_keepalive = {enabled, time, interval, retries}`.
+#[derive(Debug, Clone)]
+pub struct Keepalive {
+    pub enabled: bool,
+    pub time: Duration,
+    pub interval: Duration,
+    pub retries: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            enabled: true,
+            time: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            retries: 5,
+        }
+    }
+}
+
+/// TCP_NODELAY (small SMTP writes must not wait for Nagle) and keepalive.
+/// A failure here costs performance, not correctness: log and carry on.
+pub fn tune_stream(sock: &tokio::net::TcpStream, keepalive: &Keepalive, who: &str) {
+    let s = SockRef::from(sock);
+    if let Err(e) = s.set_tcp_nodelay(true) {
+        tracing::warn!("{who}: cannot set TCP_NODELAY: {e}");
+    }
+    if keepalive.enabled {
+        let ka = TcpKeepalive::new()
+            .with_time(keepalive.time)
+            .with_interval(keepalive.interval)
+            .with_retries(keepalive.retries);
+        if let Err(e) = s.set_tcp_keepalive(&ka) {
+            tracing::warn!("{who}: cannot set TCP keepalive: {e}");
+        }
+    }
+}
+
+/// Bounds a fallible step by `d`; on expiry the step fails with `on_timeout`.
+/// The one timeout-and-context wrapper every wait in the module goes through.
+pub async fn within<T, E>(
+    d: Duration,
+    on_timeout: E,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    match tokio::time::timeout(d, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(on_timeout),
+    }
+}

@@ -1,0 +1,263 @@
+//! Moving bytes between client and remote once a session is established.
+//!
+//! Plain TCP on Linux: splice(2) socket -> pipe -> socket, no copy through user
+//! space. Pipes come from a process-wide pool and are held only while bytes are in
+//! flight, so an idle relay costs its two sockets and nothing else (HAProxy's
+//! approach). Elsewhere, or with `use_splice = false`: a userspace copy.
+//!
+//! Both directions run in one task. EOF on one side becomes a write shutdown on the
+//! other (half-close propagates); an error on either side ends both. The relay ends
+//! when nothing moved in either direction for the listener's `timeout`.
+
+use crate::listener::Shared;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Last time either direction moved a byte, in ms since the relay started.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    /// Resolves with TimedOut once `idle` passes with no activity.
+    async fn watchdog(&self, idle: Duration) -> io::Result<()> {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("idle for {idle:?}"),
+                ));
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Relays until both directions reach EOF, an error, or the idle timeout.
+/// `early` holds client bytes that arrived with the handshake; they go first.
+pub async fn relay(
+    mut client: TcpStream,
+    mut remote: TcpStream,
+    early: &[u8],
+    shared: &Shared,
+) -> io::Result<()> {
+    let stats = &shared.stats;
+    if !early.is_empty() {
+        remote.write_all(early).await?;
+        stats
+            .bytes_to_remote
+            .fetch_add(early.len() as u64, Ordering::Relaxed);
+    }
+    let activity = Activity::new();
+    let idle = shared.config.timeout;
+    let (to_remote, to_client) = (&stats.bytes_to_remote, &stats.bytes_to_client);
+
+    #[cfg(target_os = "linux")]
+    if shared.config.use_splice {
+        let both = async {
+            tokio::try_join!(
+                splice::one_way(&client, &remote, to_remote, &activity),
+                splice::one_way(&remote, &client, to_client, &activity),
+            )
+        };
+        return tokio::select! {
+            r = both => r.map(|_| ()),
+            r = activity.watchdog(idle) => r,
+        };
+    }
+
+    let (mut cr, mut cw) = client.split();
+    let (mut rr, mut rw) = remote.split();
+    let both = async {
+        tokio::try_join!(
+            copy_one_way(&mut cr, &mut rw, to_remote, &activity),
+            copy_one_way(&mut rr, &mut cw, to_client, &activity),
+        )
+    };
+    tokio::select! {
+        r = both => r.map(|_| ()),
+        r = activity.watchdog(idle) => r,
+    }
+}
+
+/// Userspace copy for any stream pair. The buffer is allocated on the first byte,
+/// so idle relays do not hold it.
+async fn copy_one_way<R, W>(
+    r: &mut R,
+    w: &mut W,
+    counter: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    const BUF: usize = 64 * 1024;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if buf.is_empty() {
+            buf = vec![0u8; BUF];
+        }
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await.or_else(ignore_not_connected)?;
+            return Ok(());
+        }
+        w.write_all(&buf[..n]).await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}
+
+fn ignore_not_connected(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotConnected {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod splice {
+    use super::{ignore_not_connected, Activity};
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    /// Bytes asked of the kernel per splice call, and the pipe size we request.
+    const PIPE_SIZE: usize = 256 * 1024;
+    /// Idle pipes kept for reuse; beyond this they are closed.
+    const POOL_MAX: usize = 256;
+
+    pub struct Pipe {
+        r: OwnedFd,
+        w: OwnedFd,
+    }
+
+    static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+    fn new_pipe() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 returned two fresh fds that we now own.
+        let p = unsafe {
+            Pipe {
+                r: OwnedFd::from_raw_fd(fds[0]),
+                w: OwnedFd::from_raw_fd(fds[1]),
+            }
+        };
+        // A larger pipe moves more per syscall. Failing (limits) only costs speed.
+        unsafe {
+            libc::fcntl(
+                p.w.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            );
+        }
+        Ok(p)
+    }
+
+    fn take_pipe() -> io::Result<Pipe> {
+        if let Some(p) = POOL.lock().unwrap().pop() {
+            return Ok(p);
+        }
+        new_pipe()
+    }
+
+    /// Only empty pipes go back; one holding bytes is closed with them.
+    fn give_back(p: Pipe) {
+        let mut pool = POOL.lock().unwrap();
+        if pool.len() < POOL_MAX {
+            pool.push(p);
+        }
+    }
+
+    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    pub async fn one_way(
+        src: &TcpStream,
+        dst: &TcpStream,
+        counter: &AtomicU64,
+        activity: &Activity,
+    ) -> io::Result<()> {
+        loop {
+            src.readable().await?;
+            let pipe = take_pipe()?;
+            let n = match src.try_io(Interest::READABLE, || {
+                splice(src.as_raw_fd(), pipe.w.as_raw_fd(), PIPE_SIZE)
+            }) {
+                Ok(0) => {
+                    give_back(pipe);
+                    socket2::SockRef::from(dst)
+                        .shutdown(std::net::Shutdown::Write)
+                        .or_else(ignore_not_connected)?;
+                    return Ok(());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    give_back(pipe);
+                    continue;
+                }
+                Err(e) => {
+                    give_back(pipe);
+                    return Err(e);
+                }
+            };
+            let mut left = n;
+            while left > 0 {
+                dst.writable().await?;
+                match dst.try_io(Interest::WRITABLE, || {
+                    splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), left)
+                }) {
+                    Ok(m) => {
+                        left -= m;
+                        counter.fetch_add(m as u64, Ordering::Relaxed);
+                        activity.touch();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // `pipe` still holds bytes: dropping it closes it.
+                    Err(e) => return Err(e),
+                }
+            }
+            give_back(pipe);
+        }
+    }
+}

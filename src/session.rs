@@ -1,0 +1,453 @@
+//! One client session on a proxy listener: SOCKS5 greeting, authentication,
+//! requests (BIND-for-source then CONNECT, KumoMTA style), then the relay.
+//!
+//! Framing comes from the pure codec in `socks5.rs`; this file only moves bytes
+//! and makes decisions. Every wait is bounded by the listener's `timeout`.
+
+use crate::auth::{AuthInfo, ConnMeta, CONTEXT_TRUSTED_HOST};
+use crate::listener::Shared;
+use crate::net::{within, LocalAddr, PeerAddr};
+use crate::pump::{Event, EVENT_AUTH_RFC1929};
+use crate::socks5::{self, method, reply, CodecError, Command, Reply, TargetAddr};
+use crate::stats::Stats;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+#[derive(Debug)]
+pub enum SessionError {
+    Timeout(&'static str),
+    ClientClosed(&'static str),
+    Protocol(&'static str, CodecError),
+    Auth(String),
+    /// A request we answered with a failure reply (unsupported, out of order, ...).
+    Refused(String),
+    Connect {
+        target: String,
+        code: u8,
+        reason: String,
+    },
+    Io(&'static str, io::Error),
+    Relay(io::Error),
+    Aborted,
+}
+
+impl SessionError {
+    fn is_auth(&self) -> bool {
+        matches!(self, SessionError::Auth(_))
+    }
+    fn is_timeout(&self) -> bool {
+        matches!(self, SessionError::Timeout(_))
+            || matches!(self, SessionError::Connect { code, .. } if *code == reply::TTL_EXPIRED)
+            || matches!(self, SessionError::Relay(e) if e.kind() == io::ErrorKind::TimedOut)
+    }
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Timeout(what) => write!(f, "timeout {what}"),
+            SessionError::ClientClosed(what) => write!(f, "client closed the connection {what}"),
+            SessionError::Protocol(what, e) => write!(f, "malformed {what}: {e}"),
+            SessionError::Auth(why) => write!(f, "authentication failed: {why}"),
+            SessionError::Refused(why) => write!(f, "request refused: {why}"),
+            SessionError::Connect {
+                target,
+                code,
+                reason,
+            } => write!(
+                f,
+                "connect to {target} failed: {reason} (reply 0x{code:02x} {})",
+                socks5::reply_text(*code)
+            ),
+            SessionError::Io(what, e) => write!(f, "i/o error {what}: {e}"),
+            SessionError::Relay(e) => write!(f, "relay ended: {e}"),
+            SessionError::Aborted => write!(f, "cut at the end of the shutdown grace period"),
+        }
+    }
+}
+
+/// Entry point spawned per accepted connection. Owns the session's accounting.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    // Decrement `active` even if the task panics or is dropped.
+    struct Active<'a>(&'a Stats);
+    impl Drop for Active<'_> {
+        fn drop(&mut self) {
+            self.0.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _active = Active(&shared.stats);
+
+    let local = stream.local_addr().unwrap_or(shared.local_addr);
+    let meta = Arc::new(ConnMeta {
+        peer: PeerAddr(peer),
+        local: LocalAddr(local),
+    });
+    crate::net::tune_stream(&stream, &shared.config.keepalive, "client socket");
+
+    let result = tokio::select! {
+        r = handle(stream, &meta, &shared) => r,
+        _ = shared.abort.cancelled() => Err(SessionError::Aborted),
+    };
+    let stats = &shared.stats;
+    match result {
+        Ok(()) => Stats::inc(&stats.completed),
+        Err(e) => {
+            Stats::inc(&stats.failed);
+            if e.is_auth() {
+                Stats::inc(&stats.auth_failures);
+            }
+            if e.is_timeout() {
+                Stats::inc(&stats.timeouts);
+            }
+            match e {
+                // Client resets mid-transfer are routine; keep them out of warn.
+                SessionError::Relay(_) | SessionError::ClientClosed(_) => {
+                    tracing::info!("session from {peer} failed: {e}")
+                }
+                _ => tracing::warn!("session from {peer} failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Reads whole codec frames off a stream, keeping any bytes that arrive early
+/// (a client may pipeline its request, or even payload, behind the greeting).
+struct Framed<S> {
+    io: S,
+    buf: Vec<u8>,
+    timeout: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+    async fn read<T>(
+        &mut self,
+        what: &'static str,
+        parse: fn(&[u8]) -> socks5::Parsed<T>,
+    ) -> Result<T, SessionError> {
+        let Framed { io, buf, timeout } = self;
+        within(*timeout, SessionError::Timeout(what), async {
+            loop {
+                match parse(buf) {
+                    Ok(Some((v, n))) => {
+                        buf.drain(..n);
+                        return Ok(v);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(SessionError::Protocol(what, e)),
+                }
+                if buf.len() >= socks5::MAX_FRAME {
+                    // Unreachable with a correct codec; never grow without bound.
+                    return Err(SessionError::Protocol(
+                        what,
+                        CodecError::Malformed("oversize"),
+                    ));
+                }
+                buf.reserve(socks5::MAX_FRAME);
+                match io.read_buf(buf).await {
+                    Ok(0) => return Err(SessionError::ClientClosed(what)),
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::Io(what, e)),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn write(&mut self, what: &'static str, bytes: &[u8]) -> Result<(), SessionError> {
+        let io = &mut self.io;
+        within(self.timeout, SessionError::Timeout(what), async {
+            io.write_all(bytes)
+                .await
+                .map_err(|e| SessionError::Io(what, e))
+        })
+        .await
+    }
+
+    async fn reply(&mut self, r: &Reply) -> Result<(), SessionError> {
+        let mut out = Vec::with_capacity(22);
+        socks5::encode_reply(r, &mut out);
+        self.write("sending reply", &out).await
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    meta: &Arc<ConnMeta>,
+    shared: &Shared,
+) -> Result<(), SessionError> {
+    let mut conn = Framed {
+        io: stream,
+        buf: Vec::new(),
+        timeout: shared.config.timeout,
+    };
+    let greeting = conn.read("greeting", socks5::parse_greeting).await?;
+    let auth = authenticate(&mut conn, &greeting, meta, shared).await?;
+    tracing::debug!(
+        "session from {}: authenticated as {}",
+        meta.peer,
+        auth.summary()
+    );
+
+    // KumoMTA selects its source IP with BIND <ip>:0 before CONNECT.
+    let mut bound: Option<TcpSocket> = None;
+    loop {
+        let req = match conn.read("request", socks5::parse_request).await {
+            Ok(r) => r,
+            Err(SessionError::Protocol(what, e)) => {
+                if let Some(code) = e.reply_code() {
+                    conn.reply(&Reply::failure(code)).await?;
+                }
+                return Err(SessionError::Protocol(what, e));
+            }
+            Err(e) => return Err(e),
+        };
+        match req.command {
+            Command::Bind => {
+                let refuse = |why: String| SessionError::Refused(why);
+                let source = match (&bound, &req.target) {
+                    (Some(_), _) => Err(refuse("second BIND on one connection".into())),
+                    (None, TargetAddr::Ip(a)) if a.port() == 0 => Ok(*a),
+                    (None, t) => Err(refuse(format!(
+                        "BIND {t}: only BIND <ip>:0 (source address selection) is supported"
+                    ))),
+                };
+                let source = match source {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let code = if bound.is_some() {
+                            reply::GENERAL_FAILURE
+                        } else {
+                            reply::COMMAND_NOT_SUPPORTED
+                        };
+                        conn.reply(&Reply::failure(code)).await?;
+                        return Err(e);
+                    }
+                };
+                match bind_source(source) {
+                    Ok((sock, addr)) => {
+                        bound = Some(sock);
+                        conn.reply(&Reply::success(addr)).await?;
+                    }
+                    Err(e) => {
+                        conn.reply(&Reply::failure(socks5::reply_code_for_io_error(&e)))
+                            .await?;
+                        return Err(SessionError::Refused(format!(
+                            "BIND to source {source}: {e}"
+                        )));
+                    }
+                }
+            }
+            Command::Connect => {
+                let remote = match connect(&req.target, bound.take(), shared).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if let SessionError::Connect { code, .. } = &e {
+                            conn.reply(&Reply::failure(*code)).await?;
+                        }
+                        return Err(e);
+                    }
+                };
+                let bound_addr = remote
+                    .local_addr()
+                    .map_err(|e| SessionError::Io("reading bound address", e))?;
+                conn.reply(&Reply::success(bound_addr)).await?;
+                tracing::debug!(
+                    "session from {}: connected to {} from {bound_addr}",
+                    meta.peer,
+                    req.target
+                );
+                let Framed { io, buf, .. } = conn;
+                return crate::relay::relay(io, remote, &buf, shared)
+                    .await
+                    .map_err(SessionError::Relay);
+            }
+            Command::UdpAssociate => {
+                conn.reply(&Reply::failure(reply::COMMAND_NOT_SUPPORTED))
+                    .await?;
+                return Err(SessionError::Refused(
+                    "UDP ASSOCIATE is not supported".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Picks the method, runs RFC 1929 when chosen, and returns who the client is.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Framed<S>,
+    greeting: &socks5::Greeting,
+    meta: &Arc<ConnMeta>,
+    shared: &Shared,
+) -> Result<AuthInfo, SessionError> {
+    let cfg = &shared.config;
+    let handler = crate::pump::registered(EVENT_AUTH_RFC1929);
+    let trusted = cfg.trusted_hosts.contains(meta.peer.0.ip());
+    let chosen = if greeting.offers(method::USERNAME_PASSWORD) && (handler || cfg.require_auth) {
+        method::USERNAME_PASSWORD
+    } else if greeting.offers(method::NO_AUTH) && !cfg.require_auth && trusted {
+        method::NO_AUTH
+    } else {
+        method::NO_ACCEPTABLE
+    };
+    conn.write(
+        "sending method selection",
+        &socks5::encode_method_selection(chosen),
+    )
+    .await?;
+    match chosen {
+        method::NO_AUTH => Ok(AuthInfo::single(
+            meta.peer.0.ip().to_string(),
+            CONTEXT_TRUSTED_HOST,
+        )),
+        method::USERNAME_PASSWORD => {
+            let creds = match conn.read("RFC 1929 request", socks5::parse_userpass).await {
+                Ok(c) => c,
+                Err(e @ SessionError::Protocol(..)) => {
+                    conn.write("sending auth status", &socks5::encode_auth_status(false))
+                        .await?;
+                    return Err(SessionError::Auth(e.to_string()));
+                }
+                Err(e) => return Err(e),
+            };
+            let user = String::from_utf8_lossy(&creds.username).into_owned();
+            let verdict = if handler {
+                ask_auth(creds, meta, shared).await
+            } else {
+                Err(format!("no {EVENT_AUTH_RFC1929} handler is registered"))
+            };
+            conn.write(
+                "sending auth status",
+                &socks5::encode_auth_status(verdict.is_ok()),
+            )
+            .await?;
+            verdict.map_err(|why| SessionError::Auth(format!("user '{user}': {why}")))
+        }
+        _ => Err(SessionError::Auth(format!(
+            "no acceptable method (client offered {:?}; require_auth={}, trusted host={})",
+            greeting.methods, cfg.require_auth, trusted
+        ))),
+    }
+}
+
+async fn ask_auth(
+    creds: socks5::UserPass,
+    meta: &Arc<ConnMeta>,
+    shared: &Shared,
+) -> Result<AuthInfo, String> {
+    let ask = shared.pump.ask(|reply| Event::AuthRfc1929 {
+        username: creds.username,
+        password: creds.password,
+        meta: meta.clone(),
+        reply,
+    });
+    match tokio::time::timeout(shared.config.timeout, ask).await {
+        Ok(Ok(verdict)) => verdict,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no decision from the {EVENT_AUTH_RFC1929} handler within {:?} (is the host pumping events?)",
+            shared.config.timeout
+        )),
+    }
+}
+
+fn bind_source(source: SocketAddr) -> io::Result<(TcpSocket, SocketAddr)> {
+    let sock = if source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.bind(source)?;
+    let addr = sock.local_addr()?;
+    Ok((sock, addr))
+}
+
+/// Resolves the target and tries each address in turn, all within `timeout`.
+async fn connect(
+    target: &TargetAddr,
+    mut bound: Option<TcpSocket>,
+    shared: &Shared,
+) -> Result<TcpStream, SessionError> {
+    let t = shared.config.timeout;
+    let fail = |code: u8, reason: String| SessionError::Connect {
+        target: target.to_string(),
+        code,
+        reason,
+    };
+    let timed_out = fail(reply::TTL_EXPIRED, format!("no connection within {t:?}"));
+    within(t, timed_out, async {
+        let source = match &bound {
+            Some(s) => Some(
+                s.local_addr()
+                    .map_err(|e| fail(reply::GENERAL_FAILURE, e.to_string()))?,
+            ),
+            None => None,
+        };
+        let mut addrs: Vec<SocketAddr> = match target {
+            TargetAddr::Ip(a) => vec![*a],
+            TargetAddr::Domain(host, port) => tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(|e| fail(reply::HOST_UNREACHABLE, format!("cannot resolve: {e}")))?
+                .collect(),
+        };
+        if let Some(src) = source {
+            addrs.retain(|a| a.is_ipv4() == src.is_ipv4());
+            if addrs.is_empty() {
+                return Err(fail(
+                    reply::ADDRESS_TYPE_NOT_SUPPORTED,
+                    format!("no address of the source address family ({src})"),
+                ));
+            }
+        }
+        if addrs.is_empty() {
+            return Err(fail(
+                reply::HOST_UNREACHABLE,
+                "name has no addresses".into(),
+            ));
+        }
+        let mut last = None;
+        for addr in addrs {
+            let sock = match bound.take() {
+                Some(s) => s,
+                None => match new_socket(addr, source) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                },
+            };
+            match sock.connect(addr).await {
+                Ok(stream) => {
+                    crate::net::tune_stream(&stream, &shared.config.keepalive, "remote socket");
+                    return Ok(stream);
+                }
+                Err(e) => {
+                    tracing::debug!("connect to {addr} failed: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        let e = last.unwrap_or_else(|| io::Error::other("no address to try"));
+        Err(fail(socks5::reply_code_for_io_error(&e), e.to_string()))
+    })
+    .await
+}
+
+fn new_socket(addr: SocketAddr, source: Option<SocketAddr>) -> io::Result<TcpSocket> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(mut src) = source {
+        src.set_port(0);
+        sock.bind(src)?;
+    }
+    Ok(sock)
+}
