@@ -54,7 +54,25 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
     m.set(
+        "runtime_stats",
+        lua.create_function(|lua, ()| {
+            let process = runtime::current();
+            let pump = process.pump();
+            let t = lua.create_table()?;
+            t.set("pending_events", pump.pending())?;
+            t.set("max_pending_events", pump.max_pending())?;
+            t.set(
+                "overloaded_events",
+                pump.overloaded.load(std::sync::atomic::Ordering::Relaxed),
+            )?;
+            t.set("pooled_pipes", crate::relay::pooled_pipes())?;
+            t.set("runtime_started", process.has_runtime())?;
+            Ok(t)
+        })?,
+    )?;
+    m.set(
         "listeners",
+
         lua.create_function(|_, ()| {
             Ok(runtime::current()
                 .live_listeners()
@@ -96,10 +114,9 @@ fn on(lua: &Lua, (name, f): (String, Value)) -> mlua::Result<()> {
 
 fn listener_config(v: Value) -> mlua::Result<Config> {
     let mut p = Params::new("start_proxy_listener", v)?;
-    let listen = p
-        .socket_addr("listen")?
-        .ok_or_else(|| p.key_err("listen", "is required, e.g. '127.0.0.1:1080'"))?;
-    let mut c = Config::new(listen);
+    let listen = p.socket_addr("listen")?;
+    let missing_listen = p.key_err("listen", "is required, e.g. '127.0.0.1:1080'");
+    let mut c = Config::new(listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()));
     c.timeout = p.duration("timeout", c.timeout)?;
     if c.timeout.is_zero() {
         return Err(p.key_err("timeout", "must be greater than zero"));
@@ -128,7 +145,11 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
         .integer("backlog", 1, 65535)?
         .map(|n| n as i32)
         .unwrap_or(c.backlog);
+    // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
+    if listen.is_none() {
+        return Err(missing_listen);
+    }
     Ok(c)
 }
 
@@ -414,6 +435,16 @@ fn run_command(
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
+        // Runtime threads block every signal and children inherit the mask:
+        // give the command a clean one, or it could never be stopped by SIGTERM.
+        unsafe {
+            c.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
         let mut child = c.spawn()?;
         if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
             tokio::spawn(async move {

@@ -126,6 +126,14 @@ where
     }
 }
 
+/// Idle splice pipes kept for reuse (each holds 2 fds).
+pub fn pooled_pipes() -> usize {
+    #[cfg(target_os = "linux")]
+    return splice::pooled();
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
 fn ignore_not_connected(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::NotConnected {
         Ok(())
@@ -177,6 +185,10 @@ mod splice {
             );
         }
         Ok(p)
+    }
+
+    pub fn pooled() -> usize {
+        POOL.lock().unwrap().len()
     }
 
     fn take_pipe() -> io::Result<Pipe> {
