@@ -20,6 +20,9 @@ interpreters=${KUMOPROXY_INTERPRETERS:-lua5.4 luajit}
 spec_timeout=${KUMOPROXY_SPEC_TIMEOUT:-480}
 busted_bin=$(command -v busted || true)
 [ $# -gt 0 ] || set -- spec
+# Session failures are logged at warn; specs provoke many on purpose.
+export KUMOPROXY_LOG=${KUMOPROXY_LOG:-error}
+
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
