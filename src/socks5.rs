@@ -447,6 +447,28 @@ pub fn reply_code_for_io_error(err: &std::io::Error) -> u8 {
     }
 }
 
+/// Length of the reply frame at the start of `buf`, once its first 5 bytes are in
+/// (`Ok(None)` before). Lets a client read exactly one reply and never a byte of
+/// the payload behind it (an SMTP banner may follow a CONNECT reply at once).
+pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, CodecError> {
+    if let Some(&v) = buf.first() {
+        if v != VERSION {
+            return Err(CodecError::BadVersion(v));
+        }
+    }
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let addr = match buf[3] {
+        ATYP_IPV4 => 4,
+        ATYP_IPV6 => 16,
+        ATYP_DOMAIN if buf[4] == 0 => return Err(CodecError::BadDomain),
+        ATYP_DOMAIN => 1 + buf[4] as usize,
+        other => return Err(CodecError::UnknownAddressType(other)),
+    };
+    Ok(Some(4 + addr + 2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,5 +669,27 @@ mod tests {
         let mut buf = Vec::new();
         encode_userpass(&[b'u'; 255], &[b'p'; 255], &mut buf);
         assert_eq!(buf.len(), MAX_FRAME);
+    }
+
+    #[test]
+    fn reply_len_matches_encoded_replies() {
+        for bound in [
+            TargetAddr::Ip("10.1.2.3:25".parse().unwrap()),
+            TargetAddr::Ip("[2001:db8::1]:587".parse().unwrap()),
+            TargetAddr::Domain("mx.example.com".into(), 25),
+        ] {
+            let mut buf = Vec::new();
+            encode_reply(&Reply { code: 0, bound }, &mut buf);
+            let n = buf.len();
+            buf.extend_from_slice(b"220 banner\r\n");
+            assert_eq!(reply_len(&buf[..4]), Ok(None));
+            assert_eq!(reply_len(&buf), Ok(Some(n)));
+            assert_eq!(parse_reply(&buf).unwrap().unwrap().1, n);
+        }
+        assert_eq!(reply_len(&[4, 0, 0, 1, 0]), Err(CodecError::BadVersion(4)));
+        assert_eq!(
+            reply_len(&[5, 0, 0, 9, 0]),
+            Err(CodecError::UnknownAddressType(9))
+        );
     }
 }
