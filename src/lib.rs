@@ -14,9 +14,11 @@
 
 pub mod auth;
 pub mod dispatch;
+pub mod egress;
 pub mod listener;
 pub mod logging;
 pub mod lua_api;
+pub mod lua_egress;
 pub mod net;
 pub mod params;
 pub mod pump;

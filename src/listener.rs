@@ -27,6 +27,8 @@ pub struct Config {
     pub max_connections: Option<u64>,
     pub reuse_port: bool,
     pub backlog: i32,
+    /// Upstream chaining: every CONNECT leaves through this egress source.
+    pub egress: Option<Arc<crate::egress::EgressSource>>,
 }
 
 impl Config {
@@ -41,6 +43,7 @@ impl Config {
             max_connections: None,
             reuse_port: false,
             backlog: 1024,
+            egress: None,
         }
     }
 }

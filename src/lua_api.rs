@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 pub fn module(lua: &Lua) -> mlua::Result<Table> {
     let m = lua.create_table()?;
     m.set("VERSION", env!("CARGO_PKG_VERSION"))?;
+    crate::lua_egress::register(lua, &m)?;
     m.set("on", lua.create_function(on)?)?;
     m.set(
         "start_proxy_listener",
@@ -145,6 +146,7 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
         .integer("backlog", 1, 65535)?
         .map(|n| n as i32)
         .unwrap_or(c.backlog);
+    c.egress = crate::lua_egress::egress_param(&mut p, "egress_source")?;
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
     if listen.is_none() {
@@ -171,7 +173,7 @@ pub struct LuaListener {
 }
 
 impl LuaListener {
-    fn new(shared: Arc<listener::Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<listener::Shared>) -> Self {
         LuaListener {
             shared,
             pid: std::process::id(),

@@ -97,6 +97,40 @@ pub async fn relay(
     }
 }
 
+/// Userspace relay for any stream pair, e.g. a TLS upstream leg, where splice
+/// cannot see the plaintext. Same accounting, half-close and idle rules as `relay`.
+pub async fn relay_streams<C, R>(
+    client: C,
+    mut remote: R,
+    early: &[u8],
+    shared: &Shared,
+) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + AsyncWrite + Unpin,
+{
+    let stats = &shared.stats;
+    if !early.is_empty() {
+        remote.write_all(early).await?;
+        stats
+            .bytes_to_remote
+            .fetch_add(early.len() as u64, Ordering::Relaxed);
+    }
+    let activity = Activity::new();
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut rr, mut rw) = tokio::io::split(remote);
+    let both = async {
+        tokio::try_join!(
+            copy_one_way(&mut cr, &mut rw, &stats.bytes_to_remote, &activity),
+            copy_one_way(&mut rr, &mut cw, &stats.bytes_to_client, &activity),
+        )
+    };
+    tokio::select! {
+        r = both => r.map(|_| ()),
+        r = activity.watchdog(shared.config.timeout) => r,
+    }
+}
+
 /// Userspace copy for any stream pair. The buffer is allocated on the first byte,
 /// so idle relays do not hold it.
 async fn copy_one_way<R, W>(

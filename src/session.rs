@@ -244,6 +244,10 @@ async fn handle(
                 }
             }
             Command::Connect => {
+                if let Some(egress) = &shared.config.egress {
+                    let chose_source = bound.is_some();
+                    return connect_upstream(conn, &req.target, chose_source, egress, shared).await;
+                }
                 let remote = match connect(&req.target, bound.take(), shared).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -450,4 +454,44 @@ fn new_socket(addr: SocketAddr, source: Option<SocketAddr>) -> io::Result<TcpSoc
         sock.bind(src)?;
     }
     Ok(sock)
+}
+
+/// Upstream chaining: the destination is reached through the listener's egress
+/// source; the client's reply carries the address the upstream reported.
+async fn connect_upstream(
+    mut conn: Framed<TcpStream>,
+    target: &TargetAddr,
+    chose_source: bool,
+    egress: &crate::egress::EgressSource,
+    shared: &Shared,
+) -> Result<(), SessionError> {
+    if chose_source {
+        // The egress source decides where connections leave from; a BIND-chosen
+        // source cannot be honoured, and ignoring it would send from the wrong IP.
+        conn.reply(&Reply::failure(reply::NOT_ALLOWED)).await?;
+        return Err(SessionError::Refused(format!(
+            "CONNECT {target}: source address selection (BIND) is not available through egress source '{}'",
+            egress.name
+        )));
+    }
+    let up = match egress.connect(target, egress.connect_timeout).await {
+        Ok(up) => up,
+        Err(e) => {
+            conn.reply(&Reply::failure(e.code)).await?;
+            return Err(SessionError::Connect {
+                target: target.to_string(),
+                code: e.code,
+                reason: format!("egress source '{}': {e}", egress.name),
+            });
+        }
+    };
+    let bound = match &up.proxy_bound {
+        Some(TargetAddr::Ip(a)) => *a,
+        _ => up.local,
+    };
+    conn.reply(&Reply::success(bound)).await?;
+    let Framed { io, buf, .. } = conn;
+    crate::egress::relay_upstream(io, up.stream, &buf, shared)
+        .await
+        .map_err(SessionError::Relay)
 }
