@@ -49,7 +49,28 @@ function H.fd_count()
   return n
 end
 
+-- Number of open sockets of this process (session sockets; pooled pipes excluded).
+function H.socket_count()
+  collectgarbage()
+  collectgarbage()
+  local p = io.popen('ls -l /proc/' .. H.pid() .. '/fd | grep -c socket:')
+  local n = tonumber(p:read('*l'))
+  p:close()
+  return n
+end
+
+-- Waits until no listener of this process has a session in flight.
+function H.quiesce()
+  H.eventually(function()
+    for _, l in ipairs(kp.listeners()) do
+      if l:stats().active > 0 then return false end
+    end
+    return true
+  end, 10, 'all sessions finished')
+end
+
 function H.thread_count()
+
   local f = assert(io.open('/proc/self/status'))
   local s = f:read('*a')
   f:close()
