@@ -474,6 +474,58 @@ describe('interop with microsocks', function()
   end)
 end)
 
+describe('interop with Dante', function()
+  -- Dante's username method checks system accounts, so this proxy runs
+  -- without authentication; microsocks covers RFC 1929 interop.
+  local origin, port, pid, dir
+  setup(function()
+    origin = H.start_origin()
+    dir = tmpdir()
+    port = free_port()
+    write_file(dir .. '/danted.conf', ([[
+logoutput: stderr
+internal: 127.0.0.1 port = %d
+external: 127.0.0.1
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }
+socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 command: connect }
+]]):format(port))
+    local p = assert(io.popen(('timeout 300 /usr/sbin/danted -f %s/danted.conf -p %s/danted.pid >%s/danted.log 2>&1 & echo $!')
+      :format(dir, dir, dir)))
+    pid = tonumber(p:read('*l'))
+    p:close()
+    H.eventually(function()
+      local c = socket.connect('127.0.0.1', port)
+      if c then c:close() return true end
+    end, 10, 'danted listening')
+  end)
+  teardown(function()
+    os.execute('kill ' .. pid .. ' 2>/dev/null')
+    origin.stop()
+    os.execute('rm -rf ' .. dir)
+  end)
+
+  it('connects by IP and by domain', function()
+    local src = kp.make_egress_source { name = 'dante', socks5_proxy_server = '127.0.0.1:' .. port }
+    for _, host in ipairs { '127.0.0.1', 'localhost' } do
+      local conn = must(src:connect(host, origin.peer))
+      local seen = assert(conn:receive('*l'))
+      assert.matches('^127%.0%.0%.1:%d+$', seen)
+      assert.are.equal(seen, conn:proxy_bound_address())
+      conn:close()
+    end
+  end)
+
+  it('passes on its refusal', function()
+    local src = kp.make_egress_source { name = 'dante', socks5_proxy_server = '127.0.0.1:' .. port }
+    local _, err = src:connect('127.0.0.1', free_port())
+    assert.matches('^socks5: connection refused by destination %(0x05%)', err)
+  end)
+end)
+
 describe('src:forward', function()
   local origin, proxy
   setup(function()
