@@ -5,10 +5,12 @@
 //! - `listener` — bind, accept loop with back-off, limits
 //! - `session`  — one client: greeting, auth, requests, connect
 //! - `relay`    — splice(2) with a pipe pool, or userspace copy
+//! - `egress`   — egress sources: direct or via SOCKS5 (RFC 1929, BIND source, TLS), forwarders
 //! - `auth`     — AuthInfo, connection metadata, trusted hosts
 //! - `pump`     — runtime -> host event queue (no Lua)
 //! - `dispatch` — host-thread handler calls (Lua)
 //! - `lua_api`  — the functions and objects Lua sees
+//! - `lua_egress` — make_egress_source, egress source and connection objects
 //! - `runtime`  — per-process tokio runtime, fork-aware
 //! - `params`, `net`, `stats`, `signals`, `logging` — small shared pieces
 
