@@ -303,9 +303,13 @@ fn tls_settings(
                 "cannot be combined with socks5_proxy_tls_ca",
             ));
         }
-        tracing::warn!(
-            "egress source '{source_name}': socks5_proxy_tls_insecure = true: the proxy's certificate is not verified"
-        );
+        // Once per process: sources may be made per message or per reload.
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "egress source '{source_name}': socks5_proxy_tls_insecure = true: the proxy's certificate is not verified (warned once per process)"
+            );
+        }
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
