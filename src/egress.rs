@@ -757,10 +757,9 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(creds) = &proxy.credentials {
         out.clear();
         socks5::encode_userpass(&creds.username, &creds.password, &mut out);
-        let sent = send(io, &out).await;
-        // The frame holds the password: wipe our copy before anything else.
-        out.iter_mut().for_each(|b| *b = 0);
-        sent.map_err(|e| io_err("RFC 1929 authentication", e))?;
+        send(io, &out)
+            .await
+            .map_err(|e| io_err("RFC 1929 authentication", e))?;
         io.read_exact(&mut two)
             .await
             .map_err(|e| io_err("RFC 1929 authentication", e))?;
