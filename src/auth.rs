@@ -21,6 +21,7 @@ pub struct AuthInfo {
 
 pub const CONTEXT_RFC1929: &str = "ProxyAuthRfc1929";
 pub const CONTEXT_TRUSTED_HOST: &str = "TrustedHost";
+pub const CONTEXT_TLS_CLIENT: &str = "TlsClientCertificate";
 
 impl AuthInfo {
     pub fn single(identity: impl Into<String>, context: &str) -> Self {
@@ -47,6 +48,8 @@ impl AuthInfo {
 pub struct ConnMeta {
     pub peer: PeerAddr,
     pub local: LocalAddr,
+    /// Set when the client presented a certificate that verified against `tls_client_ca`.
+    pub tls_client: Option<crate::tls::ClientIdentity>,
 }
 
 /// Peers allowed to proceed without credentials. Default: loopback only, so a

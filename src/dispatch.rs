@@ -84,6 +84,13 @@ pub fn conn_meta_table(lua: &Lua, meta: &ConnMeta) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("peer_address", meta.peer.to_string())?;
     t.set("local_address", meta.local.to_string())?;
+    if let Some(id) = &meta.tls_client {
+        if let Some(name) = id.name() {
+            t.set("tls_client_identity", name)?;
+        }
+        t.set("tls_client_sans", id.sans.clone())?;
+    }
+
     Ok(t)
 }
 
@@ -100,7 +107,7 @@ fn auth_verdict(ret: Value, user: &str) -> Verdict {
             Err(e) => Err(format!("handler returned an invalid AuthInfo: {e}")),
         },
         other => Err(format!(
-            "handler returned a {}; expected a boolean or an AuthInfo table",
+            "handler returned a value of type {}; expected a boolean or an AuthInfo table",
             other.type_name()
         )),
     }

@@ -956,25 +956,14 @@ async fn forward_one(
         .connect(to, source.connect_timeout)
         .await
         .map_err(|e| e.to_string())?;
-    relay_upstream(client, up.stream, &[], shared)
-        .await
-        .map_err(|e| format!("relay ended: {e}"))
-}
-
-/// Relays a client to an upstream leg: zero-copy splice when the upstream is plain
-/// TCP, userspace copy when it is TLS (splice cannot see plaintext).
-pub async fn relay_upstream(
-    client: TcpStream,
-    upstream: EgressStream,
-    early: &[u8],
-    shared: &Shared,
-) -> io::Result<()> {
-    match upstream {
-        EgressStream::Tcp(remote) => crate::relay::relay(client, remote, early, shared).await,
-        EgressStream::Tls(remote) => {
-            crate::relay::relay_streams(client, *remote, early, shared).await
-        }
-    }
+    crate::relay::relay_any(
+        crate::stream::ClientStream::Plain(client),
+        up.stream,
+        &[],
+        shared,
+    )
+    .await
+    .map_err(|e| format!("relay ended: {e}"))
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ pub mod session;
 pub mod signals;
 pub mod socks5;
 pub mod stats;
+pub mod stream;
+pub mod tls;
 
 #[mlua::lua_module]
 fn kumoproxy(lua: &mlua::Lua) -> mlua::Result<mlua::Table> {

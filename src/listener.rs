@@ -29,6 +29,10 @@ pub struct Config {
     pub backlog: i32,
     /// Upstream chaining: every CONNECT leaves through this egress source.
     pub egress: Option<Arc<crate::egress::EgressSource>>,
+    /// `use_tls`: the whole SOCKS5 conversation runs inside TLS.
+    pub tls: Option<Arc<crate::tls::TlsServer>>,
+    /// With a verified client certificate, still ask for RFC 1929 credentials.
+    pub require_password: bool,
 }
 
 impl Config {
@@ -44,6 +48,8 @@ impl Config {
             reuse_port: false,
             backlog: 1024,
             egress: None,
+            tls: None,
+            require_password: false,
         }
     }
 }
@@ -82,7 +88,12 @@ pub fn start(process: &Process, config: Config) -> io::Result<Arc<Shared>> {
         abort: CancellationToken::new(),
         accepting: AtomicBool::new(true),
     });
-    tracing::info!("proxy listener on {local_addr}");
+    if shared.config.tls.is_some() {
+        tracing::info!("proxy listener (TLS) on {local_addr}");
+    } else {
+        tracing::info!("proxy listener on {local_addr}");
+    }
+
     rt.spawn(accept_loop(listener, shared.clone()));
     process
         .listeners

@@ -5,6 +5,8 @@
 //! client of it.
 
 use crate::auth::TrustedHosts;
+use crate::tls::{ClientAuth, PemSource, TlsParams, TlsServer};
+
 use crate::dispatch::{dispatch_pending, handlers};
 use crate::listener::{self, Config};
 use crate::net::Keepalive;
@@ -73,7 +75,6 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
     )?;
     m.set(
         "listeners",
-
         lua.create_function(|_, ()| {
             Ok(runtime::current()
                 .live_listeners()
@@ -147,12 +148,84 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
         .map(|n| n as i32)
         .unwrap_or(c.backlog);
     c.egress = crate::lua_egress::egress_param(&mut p, "egress_source")?;
+    c.require_password = p.bool("require_password", false)?;
+    c.tls = tls_params(&mut p)?;
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
     if listen.is_none() {
         return Err(missing_listen);
     }
     Ok(c)
+}
+
+/// `use_tls` and its companions. TLS options without `use_tls` are an error:
+/// a listener the user believes encrypted must never silently run in clear.
+fn tls_params(p: &mut Params) -> mlua::Result<Option<Arc<TlsServer>>> {
+    let use_tls = p.bool("use_tls", false)?;
+    let certificate = pem_param(p, "tls_certificate")?;
+    let private_key = pem_param(p, "tls_private_key")?;
+    let client_ca = pem_param(p, "tls_client_ca")?;
+    let hostname = p.string("hostname")?;
+    let client_auth = match p.string("tls_client_auth")?.as_deref() {
+        None | Some("required") => ClientAuth::Required,
+        Some("optional") => ClientAuth::Optional,
+        Some(other) => {
+            return Err(p.key_err(
+                "tls_client_auth",
+                format!("'{other}' is not one of 'required', 'optional'"),
+            ))
+        }
+    };
+    if !use_tls {
+        for (key, given) in [
+            ("tls_certificate", certificate.is_some()),
+            ("tls_private_key", private_key.is_some()),
+            ("tls_client_ca", client_ca.is_some()),
+            ("hostname", hostname.is_some()),
+        ] {
+            if given {
+                return Err(p.key_err(key, "requires use_tls = true"));
+            }
+        }
+        return Ok(None);
+    }
+    let params = TlsParams {
+        certificate,
+        private_key,
+        hostname: hostname.unwrap_or_else(crate::tls::system_hostname),
+        client_ca,
+        client_auth,
+    };
+    TlsServer::new(params)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|e| err(format!("start_proxy_listener: {e}")))
+}
+
+/// PEM material: a path, inline PEM text, `{ key_data = PEM }` or `{ key_file = path }`.
+fn pem_param(p: &mut Params, key: &str) -> mlua::Result<Option<PemSource>> {
+    match p.raw(key)? {
+        Value::Nil => Ok(None),
+        Value::String(s) => Ok(Some(PemSource::from_str(&s.to_str()?))),
+        t @ Value::Table(_) => {
+            let mut ks = Params::new(&format!("start_proxy_listener: {key}"), t)?;
+            let data = ks.string("key_data")?;
+            let file = ks.string("key_file")?;
+            let src = match (data, file) {
+                (Some(d), None) => PemSource::Inline(d),
+                (None, Some(f)) => PemSource::File(f.into()),
+                _ => return Err(ks.key_err("key_data", "give exactly one of key_data or key_file")),
+            };
+            ks.finish()?;
+            Ok(Some(src))
+        }
+        other => Err(p.key_err(
+            key,
+            format!(
+                "expected a path, PEM text, {{ key_data = ... }} or {{ key_file = ... }}, got {}",
+                other.type_name()
+            ),
+        )),
+    }
 }
 
 fn start_proxy_listener(_: &Lua, params: Value) -> mlua::Result<LuaListener> {
@@ -209,6 +282,36 @@ impl UserData for LuaListener {
                     .load(std::sync::atomic::Ordering::Acquire),
             )?;
             Ok(t)
+        });
+        methods.add_method("certificate_pem", |_, this, ()| {
+            Ok(this.shared.config.tls.as_ref().map(|t| t.certificate_pem()))
+        });
+        methods.add_method("reload_tls", |_, this, params: Value| {
+            let tls = this
+                .check_pid()?
+                .config
+                .tls
+                .clone()
+                .ok_or_else(|| err("reload_tls: this listener does not use TLS"))?;
+            let mut p = Params::new("reload_tls", params)?;
+            let certificate = pem_param(&mut p, "tls_certificate")?;
+            let private_key = pem_param(&mut p, "tls_private_key")?;
+            let client_ca = pem_param(&mut p, "tls_client_ca")?;
+            p.finish()?;
+            tls.reload(|t| {
+                if certificate.is_some() {
+                    t.certificate = certificate;
+                }
+                if private_key.is_some() {
+                    t.private_key = private_key;
+                }
+                if client_ca.is_some() {
+                    t.client_ca = client_ca;
+                }
+            })
+            .map_err(|e| err(format!("reload_tls: {e}")))?;
+            tracing::info!("listener {}: TLS material reloaded", this.shared.local_addr);
+            Ok(())
         });
         methods.add_method("close", |_, this, ()| {
             this.check_pid()?.close();

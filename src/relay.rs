@@ -97,6 +97,24 @@ pub async fn relay(
     }
 }
 
+/// Picks the relay for a client/remote pair: splice when both ends are plain TCP,
+/// userspace copy when either end is TLS (splice cannot see the plaintext).
+pub async fn relay_any(
+    client: crate::stream::ClientStream,
+    remote: crate::egress::EgressStream,
+    early: &[u8],
+    shared: &Shared,
+) -> io::Result<()> {
+    use crate::egress::EgressStream;
+    use crate::stream::ClientStream;
+    match (client, remote) {
+        (ClientStream::Plain(c), EgressStream::Tcp(r)) => relay(c, r, early, shared).await,
+        (ClientStream::Plain(c), EgressStream::Tls(r)) => relay_streams(c, *r, early, shared).await,
+        (ClientStream::Tls(c), EgressStream::Tcp(r)) => relay_streams(*c, r, early, shared).await,
+        (ClientStream::Tls(c), EgressStream::Tls(r)) => relay_streams(*c, *r, early, shared).await,
+    }
+}
+
 /// Userspace relay for any stream pair, e.g. a TLS upstream leg, where splice
 /// cannot see the plaintext. Same accounting, half-close and idle rules as `relay`.
 pub async fn relay_streams<C, R>(
@@ -149,7 +167,14 @@ where
         if buf.is_empty() {
             buf = vec![0u8; BUF];
         }
-        let n = r.read(&mut buf).await?;
+        let n = match r.read(&mut buf).await {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify: for a tunnel this is an
+            // ordinary EOF (the tunnelled protocol does its own framing).
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e),
+        };
+
         if n == 0 {
             w.shutdown().await.or_else(ignore_not_connected)?;
             return Ok(());

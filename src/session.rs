@@ -4,12 +4,15 @@
 //! Framing comes from the pure codec in `socks5.rs`; this file only moves bytes
 //! and makes decisions. Every wait is bounded by the listener's `timeout`.
 
-use crate::auth::{AuthInfo, ConnMeta, CONTEXT_TRUSTED_HOST};
+use crate::auth::{AuthInfo, ConnMeta, Identity, CONTEXT_TLS_CLIENT, CONTEXT_TRUSTED_HOST};
+
+use crate::egress::EgressStream;
 use crate::listener::Shared;
 use crate::net::{within, LocalAddr, PeerAddr};
 use crate::pump::{Event, EVENT_AUTH_RFC1929};
 use crate::socks5::{self, method, reply, CodecError, Command, Reply, TargetAddr};
 use crate::stats::Stats;
+use crate::stream::ClientStream;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -84,17 +87,53 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _active = Active(&shared.stats);
 
     let local = stream.local_addr().unwrap_or(shared.local_addr);
+    crate::net::tune_stream(&stream, &shared.config.keepalive, "client socket");
+    let stats = &shared.stats;
+
+    let (client, tls_client) = match &shared.config.tls {
+        None => (ClientStream::Plain(stream), None),
+        Some(tls) => {
+            let accept = async {
+                tls.acceptor()
+                    .accept(stream)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let t = shared.config.timeout;
+            let handshake = tokio::select! {
+                r = within(t, format!("timeout after {t:?}"), accept) => r,
+                _ = shared.abort.cancelled() => Err("shutting down".to_string()),
+            };
+            match handshake {
+                Ok(s) => {
+                    let id = s
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(crate::tls::client_identity);
+                    (ClientStream::Tls(Box::new(s)), id)
+                }
+                Err(why) => {
+                    Stats::inc(&stats.tls_handshake_failures);
+                    Stats::inc(&stats.failed);
+                    tracing::warn!("session from {peer} failed: TLS handshake: {why}");
+                    return;
+                }
+            }
+        }
+    };
     let meta = Arc::new(ConnMeta {
         peer: PeerAddr(peer),
         local: LocalAddr(local),
+        tls_client,
     });
-    crate::net::tune_stream(&stream, &shared.config.keepalive, "client socket");
 
     let result = tokio::select! {
-        r = handle(stream, &meta, &shared) => r,
+        r = handle(client, &meta, &shared) => r,
         _ = shared.abort.cancelled() => Err(SessionError::Aborted),
     };
-    let stats = &shared.stats;
+
     match result {
         Ok(()) => Stats::inc(&stats.completed),
         Err(e) => {
@@ -162,9 +201,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     async fn write(&mut self, what: &'static str, bytes: &[u8]) -> Result<(), SessionError> {
         let io = &mut self.io;
         within(self.timeout, SessionError::Timeout(what), async {
-            io.write_all(bytes)
-                .await
-                .map_err(|e| SessionError::Io(what, e))
+            // flush: TLS buffers records; plain TCP makes this a no-op.
+            async {
+                io.write_all(bytes).await?;
+                io.flush().await
+            }
+            .await
+            .map_err(|e| SessionError::Io(what, e))
         })
         .await
     }
@@ -177,7 +220,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 }
 
 async fn handle(
-    stream: TcpStream,
+    stream: ClientStream,
     meta: &Arc<ConnMeta>,
     shared: &Shared,
 ) -> Result<(), SessionError> {
@@ -267,7 +310,7 @@ async fn handle(
                     req.target
                 );
                 let Framed { io, buf, .. } = conn;
-                return crate::relay::relay(io, remote, &buf, shared)
+                return crate::relay::relay_any(io, EgressStream::Tcp(remote), &buf, shared)
                     .await
                     .map_err(SessionError::Relay);
             }
@@ -292,9 +335,18 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     let cfg = &shared.config;
     let handler = crate::pump::registered(EVENT_AUTH_RFC1929);
     let trusted = cfg.trusted_hosts.contains(meta.peer.0.ip());
+    // A verified client certificate is authentication in itself, unless the
+    // listener asks for a password as well (`require_password`).
+    let cert_name = meta
+        .tls_client
+        .as_ref()
+        .and_then(|c| c.name())
+        .map(str::to_string);
+    let cert_suffices = cert_name.is_some() && !cfg.require_password;
     let chosen = if greeting.offers(method::USERNAME_PASSWORD) && (handler || cfg.require_auth) {
         method::USERNAME_PASSWORD
-    } else if greeting.offers(method::NO_AUTH) && !cfg.require_auth && trusted {
+    } else if greeting.offers(method::NO_AUTH) && ((!cfg.require_auth && trusted) || cert_suffices)
+    {
         method::NO_AUTH
     } else {
         method::NO_ACCEPTABLE
@@ -304,7 +356,17 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         &socks5::encode_method_selection(chosen),
     )
     .await?;
+    let with_cert = |mut info: AuthInfo| {
+        if let Some(name) = &cert_name {
+            info.identities.push(Identity {
+                identity: name.clone(),
+                context: CONTEXT_TLS_CLIENT.to_string(),
+            });
+        }
+        info
+    };
     match chosen {
+        method::NO_AUTH if cert_suffices => Ok(with_cert(AuthInfo::default())),
         method::NO_AUTH => Ok(AuthInfo::single(
             meta.peer.0.ip().to_string(),
             CONTEXT_TRUSTED_HOST,
@@ -330,11 +392,16 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 &socks5::encode_auth_status(verdict.is_ok()),
             )
             .await?;
-            verdict.map_err(|why| SessionError::Auth(format!("user '{user}': {why}")))
+            verdict
+                .map(with_cert)
+                .map_err(|why| SessionError::Auth(format!("user '{user}': {why}")))
         }
         _ => Err(SessionError::Auth(format!(
-            "no acceptable method (client offered {:?}; require_auth={}, trusted host={})",
-            greeting.methods, cfg.require_auth, trusted
+            "no acceptable method (client offered {:?}; require_auth={}, trusted host={}, client certificate={})",
+            greeting.methods,
+            cfg.require_auth,
+            trusted,
+            cert_name.as_deref().unwrap_or("none")
         ))),
     }
 }
@@ -459,7 +526,7 @@ fn new_socket(addr: SocketAddr, source: Option<SocketAddr>) -> io::Result<TcpSoc
 /// Upstream chaining: the destination is reached through the listener's egress
 /// source; the client's reply carries the address the upstream reported.
 async fn connect_upstream(
-    mut conn: Framed<TcpStream>,
+    mut conn: Framed<ClientStream>,
     target: &TargetAddr,
     chose_source: bool,
     egress: &crate::egress::EgressSource,
@@ -491,7 +558,7 @@ async fn connect_upstream(
     };
     conn.reply(&Reply::success(bound)).await?;
     let Framed { io, buf, .. } = conn;
-    crate::egress::relay_upstream(io, up.stream, &buf, shared)
+    crate::relay::relay_any(io, up.stream, &buf, shared)
         .await
         .map_err(SessionError::Relay)
 }

@@ -15,6 +15,7 @@ pub struct Stats {
     pub bytes_to_remote: AtomicU64,
     pub bytes_to_client: AtomicU64,
     pub accept_errors: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl Stats {
@@ -30,6 +31,10 @@ impl Stats {
             ("bytes_to_remote", self.bytes_to_remote.load(Relaxed)),
             ("bytes_to_client", self.bytes_to_client.load(Relaxed)),
             ("accept_errors", self.accept_errors.load(Relaxed)),
+            (
+                "tls_handshake_failures",
+                self.tls_handshake_failures.load(Relaxed),
+            ),
         ]
     }
 
