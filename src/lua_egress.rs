@@ -307,15 +307,13 @@ impl ConnIo {
     }
 }
 
-fn bounded<'a, T>(
+async fn bounded<T>(
     t: Option<Duration>,
-    fut: impl std::future::Future<Output = Result<T, RecvError>> + 'a,
-) -> impl std::future::Future<Output = Result<T, RecvError>> + 'a {
-    async move {
-        match t {
-            Some(t) => within(t, RecvError::Timeout, fut).await,
-            None => fut.await,
-        }
+    fut: impl std::future::Future<Output = Result<T, RecvError>>,
+) -> Result<T, RecvError> {
+    match t {
+        Some(t) => within(t, RecvError::Timeout, fut).await,
+        None => fut.await,
     }
 }
 
