@@ -434,6 +434,63 @@ describe('TLS to the proxy', function()
   end)
 end)
 
+describe("TLS to the module's own TLS listener", function()
+  local origin
+  setup(function() origin = H.start_origin() end)
+  teardown(function() origin.stop() end)
+
+  local function src_for(l, extra)
+    local p = { name = 'own-tls', socks5_proxy_server = l:local_addr(), socks5_proxy_tls = true }
+    for k, v in pairs(extra) do p[k] = v end
+    return kp.make_egress_source(p)
+  end
+
+  local function echo_once(src)
+    local conn = must(src:connect('127.0.0.1', origin.echo))
+    conn:send('own tls\n')
+    assert.are.equal('own tls', conn:receive('*l'))
+    assert.matches('^127%.0%.0%.1:%d+$', conn:proxy_bound_address())
+    conn:close()
+  end
+
+  it('trusts its self-signed certificate through the CA option', function()
+    local l = H.listener { use_tls = true, hostname = 'proxy.test' }
+    local pem = assert(l:certificate_pem())
+    echo_once(src_for(l, { socks5_proxy_tls_ca = pem, socks5_proxy_tls_server_name = 'proxy.test' }))
+    l:close()
+  end)
+
+  it('connects insecurely, and refuses a wrong CA or name', function()
+    local l = H.listener { use_tls = true, hostname = 'proxy.test' }
+    echo_once(src_for(l, { socks5_proxy_tls_insecure = true }))
+    local other = H.listener { use_tls = true, hostname = 'proxy.test' }
+    for _, extra in ipairs {
+      { socks5_proxy_tls_ca = other:certificate_pem(), socks5_proxy_tls_server_name = 'proxy.test' },
+      { socks5_proxy_tls_ca = l:certificate_pem(), socks5_proxy_tls_server_name = 'other.test' },
+    } do
+      local conn, err = src_for(l, extra):connect('127.0.0.1', origin.echo)
+      assert.is_nil(conn)
+      assert.matches('^tls: certificate not trusted: proxy ' .. l:local_addr():gsub('%.', '%%.'), err)
+    end
+    other:close()
+    l:close()
+  end)
+
+  it('authenticates with credentials inside TLS, wrong ones refused', function()
+    local l = H.listener { use_tls = true, hostname = 'proxy.test', require_auth = true }
+    kp.on(AUTH, function(user, pass) return user == 'carol' and pass == 'tls-pw' end)
+    local base = { socks5_proxy_tls_ca = l:certificate_pem(), socks5_proxy_tls_server_name = 'proxy.test',
+      socks5_proxy_username = 'carol' }
+    base.socks5_proxy_password = 'tls-pw'
+    echo_once(src_for(l, base))
+    base.socks5_proxy_password = 'nope'
+    local _, err = src_for(l, base):connect('127.0.0.1', origin.echo)
+    kp.on(AUTH, nil)
+    assert.matches('^socks5 auth: rejected by proxy', err)
+    l:close()
+  end)
+end)
+
 describe('interop with microsocks', function()
   local origin, port, pid
   setup(function()
@@ -625,6 +682,28 @@ describe('upstream chaining: listener -> egress source -> listener', function()
     front:close()
     back:close()
     tls.stop()
+  end)
+
+  it('relays a TLS client leg to a TLS upstream leg', function()
+    local back = H.listener { use_tls = true, hostname = 'back.test' }
+    local up = kp.make_egress_source { name = 'back', socks5_proxy_server = back:local_addr(),
+      socks5_proxy_tls = true, socks5_proxy_tls_ca = back:certificate_pem(), socks5_proxy_tls_server_name = 'back.test' }
+    local front = H.listener { use_tls = true, hostname = 'front.test', egress_source = up }
+    local client = kp.make_egress_source { name = 'client', socks5_proxy_server = front:local_addr(),
+      socks5_proxy_tls = true, socks5_proxy_tls_ca = front:certificate_pem(), socks5_proxy_tls_server_name = 'front.test' }
+    local conn = must(client:connect('127.0.0.1', origin.echo))
+    local payload = ('0123456789'):rep(10000)
+    assert.are.equal(#payload, conn:send(payload))
+    assert.are.equal(payload, conn:receive(#payload))
+    conn:close()
+    for _, l in ipairs { front, back } do
+      H.eventually(function()
+        local st = l:stats()
+        return st.completed == 1 and st.bytes_to_remote == #payload and st.bytes_to_client == #payload
+      end, 10, 'bytes counted on ' .. l:local_addr())
+    end
+    front:close()
+    back:close()
   end)
 
   it('passes the upstream reply code to the client, and refuses BIND-chosen sources', function()
