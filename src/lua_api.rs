@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn module(lua: &Lua) -> mlua::Result<Table> {
+    // A subscriber starts no thread; set it up now so nothing logged is lost.
+    crate::logging::init();
+
     let m = lua.create_table()?;
     m.set("VERSION", env!("CARGO_PKG_VERSION"))?;
     crate::lua_egress::register(lua, &m)?;
@@ -132,8 +135,8 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
         let d = Keepalive::default();
         c.keepalive = Keepalive {
             enabled: ka.bool("enabled", d.enabled)?,
-            time: ka.duration("time", d.time)?,
-            interval: ka.duration("interval", d.interval)?,
+            time: ka.duration_at_least("time", d.time, Duration::from_secs(1))?,
+            interval: ka.duration_at_least("interval", d.interval, Duration::from_secs(1))?,
             retries: ka
                 .integer("retries", 1, 255)?
                 .map(|n| n as u32)
@@ -369,8 +372,15 @@ fn run(lua: &Lua, opts: Value) -> mlua::Result<()> {
     };
     let process = runtime::current();
     let pump = process.pump();
+    // A stop() from before this run() (e.g. in a handler run by poll) is stale.
+    pump.clear_stop();
     let why = {
         let _signals = crate::signals::install(pump.fd());
+        // Logged once the handlers are in place: from here SIGTERM stops cleanly.
+        tracing::info!(
+            "kumoproxy.run: serving {} listener(s) until kumoproxy.stop() or SIGINT/SIGTERM",
+            process.live_listeners().len()
+        );
         loop {
             dispatch_pending(lua, pump)?;
             if let Some(sig) = crate::signals::received() {
@@ -494,10 +504,7 @@ pub fn block_pumping<T: Send + 'static>(
 /// `kumoproxy.run_command(cmd [, {stdin=, timeout=}])` -> stdout, exit_code, stderr.
 /// `cmd` is a shell string or an argv table. Events are dispatched while it runs,
 /// so a spec can drive curl against its own proxy and auth handler.
-fn run_command(
-    lua: &Lua,
-    (cmd, opts): (Value, Value),
-) -> mlua::Result<(mlua::LuaString, i64, mlua::LuaString)> {
+fn run_command(lua: &Lua, (cmd, opts): (Value, Value)) -> mlua::Result<(Value, Value, Value)> {
     let argv: Vec<String> = match cmd {
         Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.to_str()?.to_string()],
         Value::Table(t) => t.sequence_values::<String>().collect::<mlua::Result<_>>()?,
@@ -576,11 +583,16 @@ fn run_command(
                 .map(i64::from)
                 .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0) as i64);
             Ok((
-                lua.create_string(&o.stdout)?,
-                code,
-                lua.create_string(&o.stderr)?,
+                Value::String(lua.create_string(&o.stdout)?),
+                Value::Integer(code),
+                Value::String(lua.create_string(&o.stderr)?),
             ))
         }
-        Err(e) => Err(err(format!("kumoproxy.run_command: {e}"))),
+        // luv's convention: a runtime failure is `nil, message`.
+        Err(e) => Ok((
+            Value::Nil,
+            Value::String(lua.create_string(format!("kumoproxy.run_command: {e}"))?),
+            Value::Nil,
+        )),
     }
 }

@@ -102,6 +102,20 @@ impl Params {
         parse_duration(&v).map_err(|e| self.key_err(key, e))
     }
 
+    /// Kernel socket options take whole seconds: reject what would truncate to 0.
+    pub fn duration_at_least(
+        &mut self,
+        key: &str,
+        default: Duration,
+        min: Duration,
+    ) -> mlua::Result<Duration> {
+        let d = self.duration(key, default)?;
+        if d < min {
+            return Err(self.key_err(key, format!("must be at least {min:?}")));
+        }
+        Ok(d)
+    }
+
     pub fn socket_addr(&mut self, key: &str) -> mlua::Result<Option<SocketAddr>> {
         match self.string(key)? {
             None => Ok(None),
@@ -209,9 +223,11 @@ pub fn parse_duration(v: &Value) -> Result<Duration, String> {
             if let Ok(n) = t.parse::<f64>() {
                 n
             } else {
-                return humantime::parse_duration(t).map_err(|e| {
+                let d = humantime::parse_duration(t).map_err(|e| {
                     format!("'{s}' is not a duration ({e}); use seconds or e.g. '30 seconds'")
-                });
+                })?;
+                // Same bound as numbers: deadlines computed from it must not overflow.
+                d.as_secs_f64()
             }
         }
         other => {

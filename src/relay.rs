@@ -71,10 +71,11 @@ pub async fn relay(
 
     #[cfg(target_os = "linux")]
     if shared.config.use_splice {
+        let pool = &crate::runtime::current().pipes;
         let both = async {
             tokio::try_join!(
-                splice::one_way(&client, &remote, to_remote, &activity),
-                splice::one_way(&remote, &client, to_client, &activity),
+                splice::one_way(&client, &remote, to_remote, &activity, pool),
+                splice::one_way(&remote, &client, to_client, &activity, pool),
             )
         };
         return tokio::select! {
@@ -162,12 +163,12 @@ where
     W: AsyncWrite + Unpin,
 {
     const BUF: usize = 64 * 1024;
+    // Idle relays wait on a small buffer; the large one comes with the first bytes.
+    let mut small = [0u8; 512];
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        if buf.is_empty() {
-            buf = vec![0u8; BUF];
-        }
-        let n = match r.read(&mut buf).await {
+        let dst: &mut [u8] = if buf.is_empty() { &mut small } else { &mut buf };
+        let n = match r.read(dst).await {
             Ok(n) => n,
             // A TLS peer that closes without close_notify: for a tunnel this is an
             // ordinary EOF (the tunnelled protocol does its own framing).
@@ -179,18 +180,35 @@ where
             w.shutdown().await.or_else(ignore_not_connected)?;
             return Ok(());
         }
-        w.write_all(&buf[..n]).await?;
+        if buf.is_empty() {
+            w.write_all(&small[..n]).await?;
+            buf = vec![0u8; BUF];
+        } else {
+            w.write_all(&buf[..n]).await?;
+        }
         counter.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
     }
 }
 
-/// Idle splice pipes kept for reuse (each holds 2 fds).
+#[cfg(target_os = "linux")]
+pub use splice::PipePool;
+
+/// No splice, no pipes.
+#[cfg(not(target_os = "linux"))]
+#[derive(Default)]
+pub struct PipePool;
+
+#[cfg(not(target_os = "linux"))]
+impl PipePool {
+    pub fn len(&self) -> usize {
+        0
+    }
+}
+
+/// Idle splice pipes kept for reuse in this process (each holds 2 fds).
 pub fn pooled_pipes() -> usize {
-    #[cfg(target_os = "linux")]
-    return splice::pooled();
-    #[cfg(not(target_os = "linux"))]
-    0
+    crate::runtime::current().pipes.len()
 }
 
 fn ignore_not_connected(e: io::Error) -> io::Result<()> {
@@ -221,7 +239,31 @@ mod splice {
         w: OwnedFd,
     }
 
-    static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+    /// Idle pipes of this process. It lives in `runtime::Process`, so a forked
+    /// child never shares the parent's pipes, nor a lock held at fork time.
+    #[derive(Default)]
+    pub struct PipePool(Mutex<Vec<Pipe>>);
+
+    impl PipePool {
+        pub fn len(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+
+        fn take(&self) -> io::Result<Pipe> {
+            if let Some(p) = self.0.lock().unwrap().pop() {
+                return Ok(p);
+            }
+            new_pipe()
+        }
+
+        /// Only empty pipes go back; one holding bytes is closed with them.
+        fn give_back(&self, p: Pipe) {
+            let mut pool = self.0.lock().unwrap();
+            if pool.len() < POOL_MAX {
+                pool.push(p);
+            }
+        }
+    }
 
     fn new_pipe() -> io::Result<Pipe> {
         let mut fds = [0 as libc::c_int; 2];
@@ -244,25 +286,6 @@ mod splice {
             );
         }
         Ok(p)
-    }
-
-    pub fn pooled() -> usize {
-        POOL.lock().unwrap().len()
-    }
-
-    fn take_pipe() -> io::Result<Pipe> {
-        if let Some(p) = POOL.lock().unwrap().pop() {
-            return Ok(p);
-        }
-        new_pipe()
-    }
-
-    /// Only empty pipes go back; one holding bytes is closed with them.
-    fn give_back(p: Pipe) {
-        let mut pool = POOL.lock().unwrap();
-        if pool.len() < POOL_MAX {
-            pool.push(p);
-        }
     }
 
     fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
@@ -288,15 +311,16 @@ mod splice {
         dst: &TcpStream,
         counter: &AtomicU64,
         activity: &Activity,
+        pool: &PipePool,
     ) -> io::Result<()> {
         loop {
             src.readable().await?;
-            let pipe = take_pipe()?;
+            let pipe = pool.take()?;
             let n = match src.try_io(Interest::READABLE, || {
                 splice(src.as_raw_fd(), pipe.w.as_raw_fd(), PIPE_SIZE)
             }) {
                 Ok(0) => {
-                    give_back(pipe);
+                    pool.give_back(pipe);
                     socket2::SockRef::from(dst)
                         .shutdown(std::net::Shutdown::Write)
                         .or_else(ignore_not_connected)?;
@@ -304,11 +328,11 @@ mod splice {
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    give_back(pipe);
+                    pool.give_back(pipe);
                     continue;
                 }
                 Err(e) => {
-                    give_back(pipe);
+                    pool.give_back(pipe);
                     return Err(e);
                 }
             };
@@ -328,7 +352,7 @@ mod splice {
                     Err(e) => return Err(e),
                 }
             }
-            give_back(pipe);
+            pool.give_back(pipe);
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct Process {
     pump: OnceLock<Arc<Pump>>,
     /// Listeners started in this process, for `run()`'s shutdown and status.
     pub listeners: Mutex<Vec<std::sync::Weak<crate::listener::Shared>>>,
+    /// Idle splice pipes, reused across relays of this process only.
+    pub pipes: crate::relay::PipePool,
 }
 
 static CURRENT: AtomicPtr<Process> = AtomicPtr::new(std::ptr::null_mut());
@@ -38,6 +40,7 @@ pub fn current() -> &'static Process {
         runtime: OnceLock::new(),
         pump: OnceLock::new(),
         listeners: Mutex::new(Vec::new()),
+        pipes: Default::default(),
     }));
     match CURRENT.compare_exchange(p, fresh, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => fresh,

@@ -173,7 +173,6 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     // LF line endings, as openssl and rcgen write them.
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new(label, der.to_vec()), config)
-
 }
 
 /// A listener's TLS state; `reload` swaps it atomically for new handshakes.
