@@ -214,6 +214,29 @@ describe('TLS listener', function()
     l:close()
   end)
 
+  it('examples/tls.lua serves a client that trusts its printed certificate', function()
+    local script = [[
+      coproc P { KUMOPROXY_LOG=info KUMOPROXY_LISTEN=127.0.0.1:0 exec "$0" examples/tls.lua 2>&1; }
+      pid=$P_PID ca=$(mktemp) addr=
+      while read -r line <&"${P[0]}"; do
+        case $line in
+          'proxy listener (TLS) on '*) addr=${line#proxy listener (TLS) on } ;;
+          -----BEGIN*|-----END*|[A-Za-z0-9+/]*) [ -n "$addr" ] && echo "$line" >>"$ca" ;;
+        esac
+        case $line in *'kumoproxy.run: serving'*) break ;; esac
+      done
+      python3 spec/support/tls_socks.py --proxy "$addr" --target 127.0.0.1:"$1" \
+        --cafile "$ca" --server-name localhost --user alice --password secret
+      rc=$?
+      kill -TERM "$pid"; cat <&"${P[0]}" >/dev/null; wait "$pid"; rm -f "$ca"
+      exit $rc
+    ]]
+    local out, rc, err = H.sh({ 'bash', '-c', script, H.lua, tostring(origin.echo) }, { timeout = 30 })
+    assert.are.equal(0, rc, out .. err)
+    assert.matches('auth=ok', out)
+    assert.matches('data=ping', out)
+  end)
+
   it('names the parameter and file in configuration errors', function()
     local function start_err(params)
       params.listen = '127.0.0.1:0'
