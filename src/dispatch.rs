@@ -6,7 +6,7 @@
 
 use crate::auth::{AuthInfo, ConnMeta, Identity, CONTEXT_RFC1929};
 use crate::pump::{Event, Pump, Verdict};
-use mlua::{Function, Lua, Table, Value};
+use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
 
 pub const HANDLERS_KEY: &str = "kumoproxy.handlers";
 
@@ -29,38 +29,49 @@ pub fn dispatch_pending(lua: &Lua, pump: &Pump) -> mlua::Result<usize> {
             continue;
         }
         n += 1;
-        dispatch_one(lua, ev);
+        let outcome = handler(lua, ev.name()).and_then(|f| f.call(event_args(lua, &ev)?));
+        answer(ev, outcome);
     }
     Ok(n)
 }
 
-fn dispatch_one(lua: &Lua, ev: Event) {
-    let name = ev.name();
+/// The arguments a handler receives for `ev`.
+pub fn event_args(lua: &Lua, ev: &Event) -> mlua::Result<MultiValue> {
     match ev {
         Event::AuthRfc1929 {
             username,
             password,
             meta,
-            reply,
+            ..
+        } => (
+            lua.create_string(username)?,
+            lua.create_string(password)?,
+            conn_meta_table(lua, meta)?,
+        )
+            .into_lua_multi(lua),
+    }
+}
+
+/// Sends a handler's outcome (its return value, or the error it raised) as the
+/// event's answer. Errors and wrong types fail closed with one log line. Used by
+/// `poll`/`run` and by event objects that hosts answer themselves (`ev:reply`).
+pub fn answer(ev: Event, outcome: mlua::Result<Value>) {
+    let name = ev.name();
+    match ev {
+        Event::AuthRfc1929 {
+            username, reply, ..
         } => {
             let user = String::from_utf8_lossy(&username).into_owned();
-            let verdict: Verdict = (|| {
-                let f = handler(lua, name)?;
-                let args = (
-                    lua.create_string(&username)?,
-                    lua.create_string(&password)?,
-                    conn_meta_table(lua, &meta)?,
-                );
-                let ret: Value = f.call(args)?;
-                Ok::<_, mlua::Error>(auth_verdict(ret, &user))
-            })()
-            .unwrap_or_else(|e| {
-                tracing::error!(
-                    "{name} handler failed (denying user '{user}'): {}",
-                    flat(&e)
-                );
-                Err(format!("{name} handler raised an error"))
-            });
+            let verdict: Verdict = match outcome {
+                Ok(ret) => auth_verdict(ret, &user),
+                Err(e) => {
+                    tracing::error!(
+                        "{name} handler failed (denying user '{user}'): {}",
+                        flat(&e)
+                    );
+                    Err(format!("{name} handler raised an error"))
+                }
+            };
             if let Err(why) = &verdict {
                 if why.contains("returned") {
                     tracing::error!("{name}: {why}");
@@ -71,7 +82,7 @@ fn dispatch_one(lua: &Lua, ev: Event) {
     }
 }
 
-fn handler(lua: &Lua, name: &str) -> mlua::Result<Function> {
+pub fn handler(lua: &Lua, name: &str) -> mlua::Result<Function> {
     match handlers(lua)?.raw_get::<Value>(name)? {
         Value::Function(f) => Ok(f),
         _ => Err(mlua::Error::RuntimeError(format!(

@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod dispatch;
 pub mod egress;
+pub mod embed;
 pub mod listener;
 pub mod logging;
 pub mod lua_api;

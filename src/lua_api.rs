@@ -60,6 +60,19 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
     m.set(
+        "take_events",
+        lua.create_function(crate::embed::take_events)?,
+    )?;
+    m.set("handler", lua.create_function(crate::embed::lua_handler)?)?;
+    m.set(
+        "wait_events",
+        lua.create_function(crate::embed::wait_events)?,
+    )?;
+    m.set(
+        "event_socket",
+        lua.create_function(crate::embed::event_socket)?,
+    )?;
+    m.set(
         "runtime_stats",
         lua.create_function(|lua, ()| {
             let process = runtime::current();
@@ -231,7 +244,25 @@ fn pem_param(p: &mut Params, key: &str) -> mlua::Result<Option<PemSource>> {
     }
 }
 
-fn start_proxy_listener(_: &Lua, params: Value) -> mlua::Result<LuaListener> {
+/// nginx runs `init_by_lua` in the master and then forks workers; runtime threads
+/// started in the master would not exist in them. Refuse clearly instead.
+fn refuse_in_nginx_master(lua: &Lua, what: &str) -> mlua::Result<()> {
+    let Ok(Value::Table(ngx)) = lua.globals().get::<Value>("ngx") else {
+        return Ok(());
+    };
+    let Ok(Value::Function(get_phase)) = ngx.get::<Value>("get_phase") else {
+        return Ok(());
+    };
+    if get_phase.call::<String>(()).ok().as_deref() == Some("init") {
+        return Err(err(format!(
+            "{what}: called in nginx's master process (init_by_lua); start listeners in init_worker_by_lua"
+        )));
+    }
+    Ok(())
+}
+
+fn start_proxy_listener(lua: &Lua, params: Value) -> mlua::Result<LuaListener> {
+    refuse_in_nginx_master(lua, "start_proxy_listener")?;
     let config = listener_config(params)?;
     let listen = config.listen;
     let shared = listener::start(runtime::current(), config).map_err(|e| {

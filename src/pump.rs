@@ -100,6 +100,8 @@ pub struct Pump {
     /// Questions refused because the queue was full.
     pub overloaded: AtomicU64,
     stop: AtomicBool,
+    /// Wakes runtime-side waiters (the embedding wake socket) as `wake` does the fd.
+    notify: tokio::sync::Notify,
 }
 
 impl Pump {
@@ -115,6 +117,7 @@ impl Pump {
             max_pending: AtomicUsize::new(DEFAULT_MAX_PENDING),
             overloaded: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
         })
     }
 
@@ -167,15 +170,41 @@ impl Pump {
         unsafe {
             libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const _, 8);
         }
+        // notify_one keeps a permit when nobody waits: wakeups coalesce, none is lost.
+        self.notify.notify_one();
+    }
+
+    /// Resolves after the next `wake`.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Puts events back at the front of the queue, in order (see `take_events(max)`).
+    pub fn requeue(&self, events: VecDeque<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let mut q = self.queue.lock().unwrap();
+            for ev in events.into_iter().rev() {
+                q.push_front(ev);
+            }
+        }
+        self.wake();
+    }
+
+    /// Consume pending wakeups without touching the queue.
+    pub fn reset_wake(&self) {
+        let mut buf: u64 = 0;
+        unsafe {
+            libc::read(self.efd.as_raw_fd(), &mut buf as *mut u64 as *mut _, 8);
+        }
     }
 
     /// Take every queued event. Resets the eventfd first, so an event queued after
     /// this call makes it readable again: no wakeup is ever lost.
     pub fn drain(&self) -> VecDeque<Event> {
-        let mut buf: u64 = 0;
-        unsafe {
-            libc::read(self.efd.as_raw_fd(), &mut buf as *mut u64 as *mut _, 8);
-        }
+        self.reset_wake();
         std::mem::take(&mut *self.queue.lock().unwrap())
     }
 
