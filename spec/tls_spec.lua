@@ -105,7 +105,8 @@ describe('TLS listener', function()
     os.remove(ca)
     assert.are.equal(0, rc, out)
     assert.matches('data=ping', out)
-    -- The same certificate is served for the listener's lifetime.
+    -- The same certificate is served for the listener's lifetime, reloads included.
+    l:reload_tls {}
     assert.are.equal(pem, l:certificate_pem())
     assert.is_nil(H.listener {}:certificate_pem())
     l:close()
@@ -255,6 +256,9 @@ describe('TLS listener', function()
       start_err { use_tls = true, tls_certificate = f('server.pem') })
     assert.matches("tls_client_auth: 'sometimes' is not one of",
       start_err { use_tls = true, tls_client_auth = 'sometimes' })
+    assert.matches('require_password: requires use_tls = true', start_err { require_password = true })
+    assert.matches('tls_client_auth: requires use_tls = true', start_err { tls_client_auth = 'optional' })
+    assert.matches('tls_client_auth: requires tls_client_ca', start_err { use_tls = true, tls_client_auth = 'optional' })
     assert.matches('tls_client_ca: .*no CERTIFICATE',
       start_err { use_tls = true, tls_client_ca = f('server.key') })
   end)

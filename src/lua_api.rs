@@ -166,6 +166,12 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
     c.egress = crate::lua_egress::egress_param(&mut p, "egress_source")?;
     c.require_password = p.bool("require_password", false)?;
     c.tls = tls_params(&mut p)?;
+    if c.require_password && c.tls.is_none() {
+        return Err(p.key_err(
+            "require_password",
+            "requires use_tls = true (it concerns client certificates)",
+        ));
+    }
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
     if listen.is_none() {
@@ -178,11 +184,12 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
 /// a listener the user believes encrypted must never silently run in clear.
 fn tls_params(p: &mut Params) -> mlua::Result<Option<Arc<TlsServer>>> {
     let use_tls = p.bool("use_tls", false)?;
-    let certificate = pem_param(p, "tls_certificate")?;
-    let private_key = pem_param(p, "tls_private_key")?;
-    let client_ca = pem_param(p, "tls_client_ca")?;
+    let certificate = pem_param(p, "start_proxy_listener", "tls_certificate")?;
+    let private_key = pem_param(p, "start_proxy_listener", "tls_private_key")?;
+    let client_ca = pem_param(p, "start_proxy_listener", "tls_client_ca")?;
     let hostname = p.string("hostname")?;
-    let client_auth = match p.string("tls_client_auth")?.as_deref() {
+    let client_auth_given = p.string("tls_client_auth")?;
+    let client_auth = match client_auth_given.as_deref() {
         None | Some("required") => ClientAuth::Required,
         Some("optional") => ClientAuth::Optional,
         Some(other) => {
@@ -198,12 +205,16 @@ fn tls_params(p: &mut Params) -> mlua::Result<Option<Arc<TlsServer>>> {
             ("tls_private_key", private_key.is_some()),
             ("tls_client_ca", client_ca.is_some()),
             ("hostname", hostname.is_some()),
+            ("tls_client_auth", client_auth_given.is_some()),
         ] {
             if given {
                 return Err(p.key_err(key, "requires use_tls = true"));
             }
         }
         return Ok(None);
+    }
+    if client_auth_given.is_some() && client_ca.is_none() {
+        return Err(p.key_err("tls_client_auth", "requires tls_client_ca"));
     }
     let params = TlsParams {
         certificate,
@@ -218,12 +229,12 @@ fn tls_params(p: &mut Params) -> mlua::Result<Option<Arc<TlsServer>>> {
 }
 
 /// PEM material: a path, inline PEM text, `{ key_data = PEM }` or `{ key_file = path }`.
-fn pem_param(p: &mut Params, key: &str) -> mlua::Result<Option<PemSource>> {
+fn pem_param(p: &mut Params, ctx: &str, key: &str) -> mlua::Result<Option<PemSource>> {
     match p.raw(key)? {
         Value::Nil => Ok(None),
         Value::String(s) => Ok(Some(PemSource::from_str(&s.to_str()?))),
         t @ Value::Table(_) => {
-            let mut ks = Params::new(&format!("start_proxy_listener: {key}"), t)?;
+            let mut ks = Params::new(&format!("{ctx}: {key}"), t)?;
             let data = ks.string("key_data")?;
             let file = ks.string("key_file")?;
             let src = match (data, file) {
@@ -328,9 +339,9 @@ impl UserData for LuaListener {
                 .clone()
                 .ok_or_else(|| err("reload_tls: this listener does not use TLS"))?;
             let mut p = Params::new("reload_tls", params)?;
-            let certificate = pem_param(&mut p, "tls_certificate")?;
-            let private_key = pem_param(&mut p, "tls_private_key")?;
-            let client_ca = pem_param(&mut p, "tls_client_ca")?;
+            let certificate = pem_param(&mut p, "reload_tls", "tls_certificate")?;
+            let private_key = pem_param(&mut p, "reload_tls", "tls_private_key")?;
+            let client_ca = pem_param(&mut p, "reload_tls", "tls_client_ca")?;
             p.finish()?;
             tls.reload(|t| {
                 if certificate.is_some() {

@@ -343,7 +343,10 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         .and_then(|c| c.name())
         .map(str::to_string);
     let cert_suffices = cert_name.is_some() && !cfg.require_password;
-    let chosen = if greeting.offers(method::USERNAME_PASSWORD) && (handler || cfg.require_auth) {
+    let chosen = if cert_suffices && greeting.offers(method::NO_AUTH) {
+        // The certificate already says who this is; no password round trip.
+        method::NO_AUTH
+    } else if greeting.offers(method::USERNAME_PASSWORD) && (handler || cfg.require_auth) {
         method::USERNAME_PASSWORD
     } else if greeting.offers(method::NO_AUTH) && ((!cfg.require_auth && trusted) || cert_suffices)
     {

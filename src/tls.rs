@@ -120,18 +120,7 @@ fn build(params: &TlsParams) -> Result<(Arc<ServerConfig>, String), String> {
             let pem = pem_encode("CERTIFICATE", &chain[0]);
             (chain, key, pem)
         }
-        (None, None) => {
-            let ck =
-                rcgen::generate_simple_self_signed(vec![params.hostname.clone()]).map_err(|e| {
-                    format!(
-                        "hostname: cannot generate a self-signed certificate for '{}': {e}",
-                        params.hostname
-                    )
-                })?;
-            let pem = ck.cert.pem();
-            let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-            (vec![ck.cert.der().clone()], key, pem)
-        }
+        (None, None) => return Err("tls_certificate: required".into()),
         (Some(_), None) => return Err("tls_private_key: required with tls_certificate".into()),
         (None, Some(_)) => return Err("tls_certificate: required with tls_private_key".into()),
     };
@@ -188,7 +177,20 @@ impl std::fmt::Debug for TlsServer {
 }
 
 impl TlsServer {
-    pub fn new(params: TlsParams) -> Result<Self, String> {
+    pub fn new(mut params: TlsParams) -> Result<Self, String> {
+        if params.certificate.is_none() && params.private_key.is_none() {
+            // Generated once and kept as if given inline: a later reload_tls that
+            // changes only the client CA keeps the certificate clients trust.
+            let ck =
+                rcgen::generate_simple_self_signed(vec![params.hostname.clone()]).map_err(|e| {
+                    format!(
+                        "hostname: cannot generate a self-signed certificate for '{}': {e}",
+                        params.hostname
+                    )
+                })?;
+            params.certificate = Some(PemSource::Inline(ck.cert.pem()));
+            params.private_key = Some(PemSource::Inline(ck.signing_key.serialize_pem()));
+        }
         let built = build(&params)?;
         Ok(TlsServer {
             current: RwLock::new(built),
