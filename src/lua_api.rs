@@ -99,7 +99,37 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
                 .collect::<Vec<_>>())
         })?,
     )?;
-    Ok(m)
+    plain_errors(lua, m)
+}
+
+/// Wraps every module function so its errors reach Lua as plain strings with the
+/// caller's position (`init.lua:12: start_proxy_listener: ...`). mlua raises error
+/// objects (userdata); hosts such as ngx_lua print those as "unknown error".
+fn plain_errors(lua: &Lua, m: Table) -> mlua::Result<Table> {
+    lua.load(
+        r#"
+        local m = ...
+        local pcall, error, tostring, type = pcall, error, tostring, type
+        local function message(e)
+          if type(e) == 'string' then return e end
+          local s = tostring(e)
+          s = s:gsub('^runtime error: ', '', 1)
+          return (s:gsub('\nstack traceback:.*$', ''))
+        end
+        local function check(ok, ...)
+          if ok then return ... end
+          error(message((...)), 2)
+        end
+        for name, f in pairs(m) do
+          if type(f) == 'function' then
+            m[name] = function(...) return check(pcall(f, ...)) end
+          end
+        end
+        return m
+        "#,
+    )
+    .set_name("=kumoproxy")
+    .call(m)
 }
 
 /// `kumoproxy.on(name, fn)`: registering again replaces the handler; `nil` removes it.
