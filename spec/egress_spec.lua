@@ -142,7 +142,7 @@ describe('make_egress_source parameters', function()
     assert.matches('socks5_proxy_tls_ca: cannot read /nonexistent/ca.pem',
       mk_err { name = 'a', socks5_proxy_server = '127.0.0.1:1080', socks5_proxy_tls = true,
         socks5_proxy_tls_ca = '/nonexistent/ca.pem' })
-    assert.matches('socks5_proxy_tls_ca: no CERTIFICATE found in inline PEM',
+    assert.matches('socks5_proxy_tls_ca: inline PEM: no CERTIFICATE found',
       mk_err { name = 'a', socks5_proxy_server = '127.0.0.1:1080', socks5_proxy_tls = true,
         socks5_proxy_tls_ca = '-----BEGIN NOTHING-----\nAAAA\n-----END NOTHING-----\n' })
   end)

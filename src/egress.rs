@@ -14,23 +14,19 @@ use crate::runtime::Process;
 use crate::socks5::{self, method, reply, Command, Reply, Request, TargetAddr, UserPass};
 use crate::stats::Stats;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -344,22 +340,14 @@ fn tls_settings(
 
 /// Inline PEM (contains "-----BEGIN") or a path to a PEM file.
 fn read_ca(ca: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let e = |m: String| bad("socks5_proxy_tls_ca", m);
-    let (certs, what) = if ca.contains("-----BEGIN") {
-        (
-            CertificateDer::pem_slice_iter(ca.as_bytes()).collect::<Result<Vec<_>, _>>(),
-            "inline PEM".to_string(),
-        )
-    } else {
-        let it = CertificateDer::pem_file_iter(ca)
-            .map_err(|err| e(format!("cannot read {ca}: {err}")))?;
-        (it.collect::<Result<Vec<_>, _>>(), ca.to_string())
-    };
-    let certs = certs.map_err(|err| e(format!("bad PEM in {what}: {err}")))?;
-    if certs.is_empty() {
-        return Err(e(format!("no CERTIFICATE found in {what}")));
-    }
-    Ok(certs)
+    const KEY: &str = "socks5_proxy_tls_ca";
+    crate::tls::load_certs(&crate::tls::PemSource::from_str(ca), KEY).map_err(|m| {
+        let m = m
+            .strip_prefix(KEY)
+            .and_then(|m| m.strip_prefix(": "))
+            .unwrap_or(&m);
+        bad(KEY, m.to_string())
+    })
 }
 
 /// `socks5_proxy_tls_insecure`: any certificate is accepted. Encryption without
@@ -423,57 +411,7 @@ fn fail(code: u8, msg: impl Into<String>) -> EgressError {
 }
 
 /// The connected stream: plain TCP (splice-able) or TLS to the proxy.
-pub enum EgressStream {
-    Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl EgressStream {
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            EgressStream::Tcp(s) => s,
-            EgressStream::Tls(s) => s.get_ref().0,
-        }
-    }
-}
-
-impl AsyncRead for EgressStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            EgressStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            EgressStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for EgressStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            EgressStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            EgressStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            EgressStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            EgressStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            EgressStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            EgressStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+pub type EgressStream = crate::stream::UpstreamStream;
 
 pub struct Connected {
     pub stream: EgressStream,
@@ -535,7 +473,7 @@ impl EgressSource {
         .await?;
         let (local, peer) = addrs_of(&stream)?;
         Ok(Connected {
-            stream: EgressStream::Tcp(stream),
+            stream: EgressStream::Plain(stream),
             local,
             peer,
             proxy_bound: None,
@@ -574,7 +512,7 @@ impl EgressSource {
         let (local, peer) = addrs_of(&tcp)?;
         let server = peer.to_string();
         let mut stream = match &proxy.tls {
-            None => EgressStream::Tcp(tcp),
+            None => EgressStream::Plain(tcp),
             Some(tls) => {
                 let s = within(
                     left(deadline),
@@ -625,34 +563,9 @@ async fn resolve(
     target: &TargetAddr,
     source: Option<IpAddr>,
 ) -> Result<Vec<SocketAddr>, EgressError> {
-    let mut addrs: Vec<SocketAddr> = match target {
-        TargetAddr::Ip(a) => vec![*a],
-        TargetAddr::Domain(host, port) => tokio::net::lookup_host((host.as_str(), *port))
-            .await
-            .map_err(|e| {
-                fail(
-                    reply::HOST_UNREACHABLE,
-                    format!("cannot resolve {host}: {e}"),
-                )
-            })?
-            .collect(),
-    };
-    if let Some(src) = source {
-        addrs.retain(|a| a.is_ipv4() == src.is_ipv4());
-        if addrs.is_empty() {
-            return Err(fail(
-                reply::ADDRESS_TYPE_NOT_SUPPORTED,
-                format!("{target} has no address in the family of source_address {src}"),
-            ));
-        }
-    }
-    if addrs.is_empty() {
-        return Err(fail(
-            reply::HOST_UNREACHABLE,
-            format!("{target} has no addresses"),
-        ));
-    }
-    Ok(addrs)
+    crate::net::resolve(target, source)
+        .await
+        .map_err(|(code, msg)| fail(code, msg))
 }
 
 /// Tries each address in turn; the last error wins.
@@ -860,88 +773,31 @@ pub fn start_forward(
     to: TargetAddr,
     idle_timeout: Duration,
 ) -> io::Result<Arc<Shared>> {
-    let std_listener = std::net::TcpListener::bind(listen)?;
-    std_listener.set_nonblocking(true)?;
-    let local_addr = std_listener.local_addr()?;
-    let rt = process.runtime();
-    let _enter = rt.enter();
-    let listener = TcpListener::from_std(std_listener)?;
     let mut config = Config::new(listen);
     config.timeout = idle_timeout;
-    let shared = Arc::new(Shared {
-        config,
-        local_addr,
-        stats: Stats::default(),
-        pump: process.pump().clone(),
-        closing: CancellationToken::new(),
-        abort: CancellationToken::new(),
-        accepting: AtomicBool::new(true),
-    });
-    tracing::info!(
-        "forwarder on {local_addr} -> {to} through egress source '{}'",
-        source.name
-    );
-    rt.spawn(forward_loop(listener, shared.clone(), source, to));
-    process
-        .listeners
-        .lock()
-        .unwrap()
-        .push(Arc::downgrade(&shared));
-    Ok(shared)
+    config.service = crate::listener::Service::Forward { source, to };
+    crate::listener::start(process, config)
 }
 
-async fn forward_loop(
-    listener: TcpListener,
+/// One connection accepted by a forwarder: connect through the source, relay.
+pub async fn serve_forward(
+    stream: TcpStream,
+    peer: SocketAddr,
     shared: Arc<Shared>,
     source: Arc<EgressSource>,
     to: TargetAddr,
 ) {
-    let to = Arc::new(to);
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.closing.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                Stats::inc(&shared.stats.accepted);
-                shared.stats.active.fetch_add(1, Ordering::Relaxed);
-                let (shared, source, to) = (shared.clone(), source.clone(), to.clone());
-                tokio::spawn(async move {
-                    let _active = ActiveGuard(&shared.stats);
-                    let r = tokio::select! {
-                        r = forward_one(stream, &shared, &source, &to) => r,
-                        _ = shared.abort.cancelled() => Err("cut at the end of the shutdown grace period".to_string()),
-                    };
-                    match r {
-                        Ok(()) => Stats::inc(&shared.stats.completed),
-                        Err(e) => {
-                            Stats::inc(&shared.stats.failed);
-                            tracing::warn!("forwarder {}: {peer} -> {to}: {e}", shared.local_addr);
-                        }
-                    }
-                });
-            }
-            Err(e) => {
-                Stats::inc(&shared.stats.accept_errors);
-                tracing::warn!("forwarder {}: accept failed: {e}", shared.local_addr);
-                // Out of fds: the connection stays queued; do not spin on it.
-                tokio::select! {
-                    _ = shared.closing.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                }
-            }
+    let _active = crate::stats::ActiveGuard(&shared.stats);
+    let r = tokio::select! {
+        r = forward_one(stream, &shared, &source, &to) => r,
+        _ = shared.abort.cancelled() => Err("cut at the end of the shutdown grace period".to_string()),
+    };
+    match r {
+        Ok(()) => Stats::inc(&shared.stats.completed),
+        Err(e) => {
+            Stats::inc(&shared.stats.failed);
+            tracing::warn!("forwarder {}: {peer} -> {to}: {e}", shared.local_addr);
         }
-    }
-    shared.accepting.store(false, Ordering::Release);
-    tracing::info!("forwarder on {} closed", shared.local_addr);
-}
-
-struct ActiveGuard<'a>(&'a Stats);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -969,6 +825,7 @@ async fn forward_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     fn settings() -> Settings {
         Settings {

@@ -15,8 +15,21 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// What a listener does with each accepted connection.
+#[derive(Debug, Clone)]
+pub enum Service {
+    /// `start_proxy_listener`: a SOCKS5 session.
+    Socks5,
+    /// `src:forward{}`: relay to `to` through an egress source.
+    Forward {
+        source: Arc<crate::egress::EgressSource>,
+        to: crate::socks5::TargetAddr,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub service: Service,
     pub listen: SocketAddr,
     /// Handshake steps, connect, waiting for a Lua decision, and idle in the data phase.
     pub timeout: Duration,
@@ -38,6 +51,7 @@ pub struct Config {
 impl Config {
     pub fn new(listen: SocketAddr) -> Self {
         Config {
+            service: Service::Socks5,
             listen,
             timeout: Duration::from_secs(60),
             use_splice: cfg!(target_os = "linux"),
@@ -88,10 +102,15 @@ pub fn start(process: &Process, config: Config) -> io::Result<Arc<Shared>> {
         abort: CancellationToken::new(),
         accepting: AtomicBool::new(true),
     });
-    if shared.config.tls.is_some() {
-        tracing::info!("proxy listener (TLS) on {local_addr}");
-    } else {
-        tracing::info!("proxy listener on {local_addr}");
+    match &shared.config.service {
+        Service::Forward { source, to } => tracing::info!(
+            "forwarder on {local_addr} -> {to} through egress source '{}'",
+            source.name
+        ),
+        Service::Socks5 if shared.config.tls.is_some() => {
+            tracing::info!("proxy listener (TLS) on {local_addr}")
+        }
+        Service::Socks5 => tracing::info!("proxy listener on {local_addr}"),
     }
 
     rt.spawn(accept_loop(listener, shared.clone()));
@@ -143,7 +162,16 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     }
                 }
                 shared.stats.active.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(crate::session::serve(stream, peer, shared.clone()));
+                let shared = shared.clone();
+                match &shared.config.service {
+                    Service::Socks5 => tokio::spawn(crate::session::serve(stream, peer, shared)),
+                    Service::Forward { source, to } => {
+                        let (source, to) = (source.clone(), to.clone());
+                        tokio::spawn(crate::egress::serve_forward(
+                            stream, peer, shared, source, to,
+                        ))
+                    }
+                };
             }
             Err(e) => {
                 Stats::inc(&shared.stats.accept_errors);

@@ -75,3 +75,40 @@ pub async fn within<T, E>(
         Err(_) => Err(on_timeout),
     }
 }
+
+/// Resolves a destination, keeping only addresses of `source`'s family when a source
+/// address is set. Errors carry the RFC 1928 reply code for the client.
+pub async fn resolve(
+    target: &crate::socks5::TargetAddr,
+    source: Option<std::net::IpAddr>,
+) -> Result<Vec<SocketAddr>, (u8, String)> {
+    use crate::socks5::{reply, TargetAddr};
+    let mut addrs: Vec<SocketAddr> = match target {
+        TargetAddr::Ip(a) => vec![*a],
+        TargetAddr::Domain(host, port) => tokio::net::lookup_host((host.as_str(), *port))
+            .await
+            .map_err(|e| {
+                (
+                    reply::HOST_UNREACHABLE,
+                    format!("cannot resolve {host}: {e}"),
+                )
+            })?
+            .collect(),
+    };
+    if let Some(src) = source {
+        addrs.retain(|a| a.is_ipv4() == src.is_ipv4());
+        if addrs.is_empty() {
+            return Err((
+                reply::ADDRESS_TYPE_NOT_SUPPORTED,
+                format!("{target} has no address in the family of source address {src}"),
+            ));
+        }
+    }
+    if addrs.is_empty() {
+        return Err((
+            reply::HOST_UNREACHABLE,
+            format!("{target} has no addresses"),
+        ));
+    }
+    Ok(addrs)
+}

@@ -106,13 +106,10 @@ pub async fn relay_any(
     early: &[u8],
     shared: &Shared,
 ) -> io::Result<()> {
-    use crate::egress::EgressStream;
-    use crate::stream::ClientStream;
+    use crate::stream::MaybeTls::Plain;
     match (client, remote) {
-        (ClientStream::Plain(c), EgressStream::Tcp(r)) => relay(c, r, early, shared).await,
-        (ClientStream::Plain(c), EgressStream::Tls(r)) => relay_streams(c, *r, early, shared).await,
-        (ClientStream::Tls(c), EgressStream::Tcp(r)) => relay_streams(*c, r, early, shared).await,
-        (ClientStream::Tls(c), EgressStream::Tls(r)) => relay_streams(*c, *r, early, shared).await,
+        (Plain(c), Plain(r)) => relay(c, r, early, shared).await,
+        (c, r) => relay_streams(c, r, early, shared).await,
     }
 }
 

@@ -16,7 +16,6 @@ use crate::stream::ClientStream;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -77,14 +76,7 @@ impl fmt::Display for SessionError {
 
 /// Entry point spawned per accepted connection. Owns the session's accounting.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    // Decrement `active` even if the task panics or is dropped.
-    struct Active<'a>(&'a Stats);
-    impl Drop for Active<'_> {
-        fn drop(&mut self) {
-            self.0.active.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    let _active = Active(&shared.stats);
+    let _active = crate::stats::ActiveGuard(&shared.stats);
 
     let local = stream.local_addr().unwrap_or(shared.local_addr);
     crate::net::tune_stream(&stream, &shared.config.keepalive, "client socket");
@@ -310,7 +302,7 @@ async fn handle(
                     req.target
                 );
                 let Framed { io, buf, .. } = conn;
-                return crate::relay::relay_any(io, EgressStream::Tcp(remote), &buf, shared)
+                return crate::relay::relay_any(io, EgressStream::Plain(remote), &buf, shared)
                     .await
                     .map_err(SessionError::Relay);
             }
@@ -462,28 +454,9 @@ async fn connect(
             ),
             None => None,
         };
-        let mut addrs: Vec<SocketAddr> = match target {
-            TargetAddr::Ip(a) => vec![*a],
-            TargetAddr::Domain(host, port) => tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .map_err(|e| fail(reply::HOST_UNREACHABLE, format!("cannot resolve: {e}")))?
-                .collect(),
-        };
-        if let Some(src) = source {
-            addrs.retain(|a| a.is_ipv4() == src.is_ipv4());
-            if addrs.is_empty() {
-                return Err(fail(
-                    reply::ADDRESS_TYPE_NOT_SUPPORTED,
-                    format!("no address of the source address family ({src})"),
-                ));
-            }
-        }
-        if addrs.is_empty() {
-            return Err(fail(
-                reply::HOST_UNREACHABLE,
-                "name has no addresses".into(),
-            ));
-        }
+        let addrs = crate::net::resolve(target, source.map(|s| s.ip()))
+            .await
+            .map_err(|(code, reason)| fail(code, reason))?;
         let mut last = None;
         for addr in addrs {
             let sock = match bound.take() {

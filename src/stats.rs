@@ -42,3 +42,12 @@ impl Stats {
         counter.fetch_add(1, Relaxed);
     }
 }
+
+/// Holds one `active` slot; released even if the session task panics or is dropped.
+pub struct ActiveGuard<'a>(pub &'a Stats);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
