@@ -50,6 +50,9 @@ pub struct ConnMeta {
     pub local: LocalAddr,
     /// Set when the client presented a certificate that verified against `tls_client_ca`.
     pub tls_client: Option<crate::tls::ClientIdentity>,
+    /// HTTP front-ends: who the request authenticated as (Basic user, or the
+    /// peer address of a trusted host); `conn_meta.http_auth` in Lua.
+    pub http_auth: Option<String>,
 }
 
 /// Peers allowed to proceed without credentials. Default: loopback only, so a

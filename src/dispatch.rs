@@ -29,7 +29,10 @@ pub fn dispatch_pending(lua: &Lua, pump: &Pump) -> mlua::Result<usize> {
             continue;
         }
         n += 1;
-        let outcome = handler(lua, ev.name()).and_then(|f| f.call(event_args(lua, &ev)?));
+        let name = ev.name();
+        let started = std::time::Instant::now();
+        let outcome = handler(lua, name).and_then(|f| f.call(event_args(lua, &ev)?));
+        pump.event_latency.observe(name, started.elapsed());
         answer(ev, outcome);
     }
     Ok(n)
@@ -46,6 +49,20 @@ pub fn event_args(lua: &Lua, ev: &Event) -> mlua::Result<MultiValue> {
         } => (
             lua.create_string(username)?,
             lua.create_string(password)?,
+            conn_meta_table(lua, meta)?,
+        )
+            .into_lua_multi(lua),
+        Event::HttpAuthBasic {
+            user,
+            password,
+            meta,
+            ..
+        } => (
+            lua.create_string(user)?,
+            match password {
+                Some(p) => Value::String(lua.create_string(p)?),
+                None => Value::Nil,
+            },
             conn_meta_table(lua, meta)?,
         )
             .into_lua_multi(lua),
@@ -79,6 +96,29 @@ pub fn answer(ev: Event, outcome: mlua::Result<Value>) {
             }
             let _ = reply.send(verdict);
         }
+        Event::HttpAuthBasic { user, reply, .. } => {
+            let who = String::from_utf8_lossy(&user).into_owned();
+            // Seed semantics: true/false decide; anything else is a handler bug
+            // and fails closed with a 500, never a pass.
+            let verdict = match outcome {
+                Ok(Value::Boolean(b)) => Ok(b),
+                Ok(other) => {
+                    tracing::error!(
+                        "{name}: handler returned a value of type {} for user '{who}'; expected a boolean",
+                        other.type_name()
+                    );
+                    Err(format!(
+                        "handler returned a value of type {}; expected a boolean",
+                        other.type_name()
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!("{name} handler failed (user '{who}'): {}", flat(&e));
+                    Err(format!("{name} handler raised an error"))
+                }
+            };
+            let _ = reply.send(verdict);
+        }
     }
 }
 
@@ -100,6 +140,9 @@ pub fn conn_meta_table(lua: &Lua, meta: &ConnMeta) -> mlua::Result<Table> {
             t.set("tls_client_identity", name)?;
         }
         t.set("tls_client_sans", id.sans.clone())?;
+    }
+    if let Some(who) = &meta.http_auth {
+        t.set("http_auth", who.as_str())?;
     }
 
     Ok(t)

@@ -6,11 +6,15 @@
 //! - `session`  — one client: greeting, auth, requests, connect
 //! - `relay`    — splice(2) with a pipe pool, or userspace copy
 //! - `egress`   — egress sources: direct or via SOCKS5 (RFC 1929, BIND source, TLS), forwarders
+//! - `http_connect` — HTTP CONNECT on the proxy listener (head parsing, Basic auth)
+//! - `http_server` — status/metrics listener (hyper): /metrics, /proxy/status, /proxy/listeners
+//! - `metrics`  — Prometheus exposition of listener counters and Lua event latency
 //! - `auth`     — AuthInfo, connection metadata, trusted hosts
 //! - `pump`     — runtime -> host event queue (no Lua)
 //! - `dispatch` — host-thread handler calls (Lua)
 //! - `lua_api`  — the functions and objects Lua sees
 //! - `lua_egress` — make_egress_source, egress source and connection objects
+//! - `lua_http` — start_http_listener and its object, the `protocols` parameter
 //! - `runtime`  — per-process tokio runtime, fork-aware
 //! - `params`, `net`, `stats`, `signals`, `logging` — small shared pieces
 
@@ -18,10 +22,14 @@ pub mod auth;
 pub mod dispatch;
 pub mod egress;
 pub mod embed;
+pub mod http_connect;
+pub mod http_server;
 pub mod listener;
 pub mod logging;
 pub mod lua_api;
 pub mod lua_egress;
+pub mod lua_http;
+pub mod metrics;
 pub mod net;
 pub mod params;
 pub mod pump;

@@ -46,6 +46,39 @@ pub struct Config {
     pub tls: Option<Arc<crate::tls::TlsServer>>,
     /// With a verified client certificate, still ask for RFC 1929 credentials.
     pub require_password: bool,
+    /// Which protocols this port speaks; the client's first byte picks one.
+    pub protocols: Protocols,
+}
+
+/// `protocols = {'socks5', 'http'}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocols {
+    pub socks5: bool,
+    pub http: bool,
+}
+
+impl Default for Protocols {
+    fn default() -> Self {
+        Protocols {
+            socks5: true,
+            http: false,
+        }
+    }
+}
+
+impl Protocols {
+    pub const NAMES: [&'static str; 2] = ["socks5", "http"];
+
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.socks5 {
+            v.push("socks5");
+        }
+        if self.http {
+            v.push("http");
+        }
+        v
+    }
 }
 
 impl Config {
@@ -64,6 +97,7 @@ impl Config {
             egress: None,
             tls: None,
             require_password: false,
+            protocols: Protocols::default(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
     let m = lua.create_table()?;
     m.set("VERSION", env!("CARGO_PKG_VERSION"))?;
     crate::lua_egress::register(lua, &m)?;
+    crate::lua_http::register(lua, &m)?;
     m.set("on", lua.create_function(on)?)?;
     m.set(
         "start_proxy_listener",
@@ -202,6 +203,7 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
             "requires use_tls = true (it concerns client certificates)",
         ));
     }
+    c.protocols = crate::lua_http::protocols_param(&mut p)?;
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
     if listen.is_none() {
@@ -259,7 +261,7 @@ fn tls_params(p: &mut Params) -> mlua::Result<Option<Arc<TlsServer>>> {
 }
 
 /// PEM material: a path, inline PEM text, `{ key_data = PEM }` or `{ key_file = path }`.
-fn pem_param(p: &mut Params, ctx: &str, key: &str) -> mlua::Result<Option<PemSource>> {
+pub(crate) fn pem_param(p: &mut Params, ctx: &str, key: &str) -> mlua::Result<Option<PemSource>> {
     match p.raw(key)? {
         Value::Nil => Ok(None),
         Value::String(s) => Ok(Some(PemSource::from_str(&s.to_str()?))),
@@ -478,6 +480,9 @@ fn shutdown(lua: &Lua, process: &Process, grace: Duration, why: &str) -> mlua::R
         listeners.len()
     );
     for l in &listeners {
+        l.close();
+    }
+    for l in process.live_http_listeners() {
         l.close();
     }
     let pump = process.pump();

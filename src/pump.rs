@@ -29,12 +29,22 @@ pub enum Event {
         meta: Arc<ConnMeta>,
         reply: oneshot::Sender<Verdict>,
     },
+    /// `http_server_validate_auth_basic(user, password, conn_meta)`: HTTP CONNECT's
+    /// `Proxy-Authorization` and the status listener's `Authorization`.
+    HttpAuthBasic {
+        user: Vec<u8>,
+        /// `None` when the credentials had no colon (user only).
+        password: Option<Vec<u8>>,
+        meta: Arc<ConnMeta>,
+        reply: oneshot::Sender<crate::http_connect::BasicVerdict>,
+    },
 }
 
 impl Event {
     pub fn name(&self) -> &'static str {
         match self {
             Event::AuthRfc1929 { .. } => EVENT_AUTH_RFC1929,
+            Event::HttpAuthBasic { .. } => EVENT_HTTP_AUTH_BASIC,
         }
     }
 
@@ -42,14 +52,16 @@ impl Event {
     pub fn is_abandoned(&self) -> bool {
         match self {
             Event::AuthRfc1929 { reply, .. } => reply.is_closed(),
+            Event::HttpAuthBasic { reply, .. } => reply.is_closed(),
         }
     }
 }
 
 pub const EVENT_AUTH_RFC1929: &str = "proxy_server_auth_rfc1929";
+pub const EVENT_HTTP_AUTH_BASIC: &str = "http_server_validate_auth_basic";
 
 /// Every event name `kumoproxy.on` accepts, with its bit in [`registered`].
-pub const EVENTS: &[&str] = &[EVENT_AUTH_RFC1929];
+pub const EVENTS: &[&str] = &[EVENT_AUTH_RFC1929, EVENT_HTTP_AUTH_BASIC];
 
 /// Which events have a Lua handler. Process-global and lock-free, so it stays
 /// valid across fork and runtime tasks can read it without asking the host.
@@ -102,6 +114,8 @@ pub struct Pump {
     stop: AtomicBool,
     /// Wakes runtime-side waiters (the embedding wake socket) as `wake` does the fd.
     notify: tokio::sync::Notify,
+    /// How long Lua handlers take, per event (the `/metrics` histogram).
+    pub event_latency: crate::metrics::EventLatency,
 }
 
 impl Pump {
@@ -118,6 +132,7 @@ impl Pump {
             overloaded: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
+            event_latency: Default::default(),
         })
     }
 

@@ -20,6 +20,8 @@ pub struct Process {
     pub listeners: Mutex<Vec<std::sync::Weak<crate::listener::Shared>>>,
     /// Idle splice pipes, reused across relays of this process only.
     pub pipes: crate::relay::PipePool,
+    /// Status/metrics listeners (`start_http_listener`), closed by `run()`'s shutdown.
+    pub http_listeners: Mutex<Vec<std::sync::Weak<crate::http_server::Shared>>>,
 }
 
 static CURRENT: AtomicPtr<Process> = AtomicPtr::new(std::ptr::null_mut());
@@ -41,6 +43,7 @@ pub fn current() -> &'static Process {
         pump: OnceLock::new(),
         listeners: Mutex::new(Vec::new()),
         pipes: Default::default(),
+        http_listeners: Mutex::new(Vec::new()),
     }));
     match CURRENT.compare_exchange(p, fresh, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => fresh,
@@ -79,6 +82,12 @@ impl Process {
 
     pub fn has_runtime(&self) -> bool {
         self.runtime.get().is_some()
+    }
+
+    pub fn live_http_listeners(&self) -> Vec<Arc<crate::http_server::Shared>> {
+        let mut l = self.http_listeners.lock().unwrap();
+        l.retain(|w| w.strong_count() > 0);
+        l.iter().filter_map(|w| w.upgrade()).collect()
     }
 
     pub fn live_listeners(&self) -> Vec<Arc<crate::listener::Shared>> {

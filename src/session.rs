@@ -119,6 +119,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         peer: PeerAddr(peer),
         local: LocalAddr(local),
         tls_client,
+        http_auth: None,
     });
 
     let result = tokio::select! {
@@ -190,6 +191,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         .await
     }
 
+    /// The client's first byte, left in the buffer for whoever parses it.
+    async fn first_byte(&mut self) -> Result<u8, SessionError> {
+        let Framed { io, buf, timeout } = self;
+        within(*timeout, SessionError::Timeout("greeting"), async {
+            while buf.is_empty() {
+                buf.reserve(socks5::MAX_FRAME);
+                match io.read_buf(buf).await {
+                    Ok(0) => return Err(SessionError::ClientClosed("greeting")),
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::Io("greeting", e)),
+                }
+            }
+            Ok(buf[0])
+        })
+        .await
+    }
+
     async fn write(&mut self, what: &'static str, bytes: &[u8]) -> Result<(), SessionError> {
         let io = &mut self.io;
         within(self.timeout, SessionError::Timeout(what), async {
@@ -221,6 +239,12 @@ async fn handle(
         buf: Vec::new(),
         timeout: shared.config.timeout,
     };
+    // `protocols`: SOCKS5 always starts with its version byte, HTTP never does.
+    let protocols = shared.config.protocols;
+    if protocols.http && (!protocols.socks5 || conn.first_byte().await? != socks5::VERSION) {
+        let Framed { io, buf, .. } = conn;
+        return crate::http_connect::handle(io, buf, meta, shared).await;
+    }
     let greeting = conn.read("greeting", socks5::parse_greeting).await?;
     let auth = authenticate(&mut conn, &greeting, meta, shared).await?;
     tracing::debug!(
@@ -434,7 +458,7 @@ fn bind_source(source: SocketAddr) -> io::Result<(TcpSocket, SocketAddr)> {
 }
 
 /// Resolves the target and tries each address in turn, all within `timeout`.
-async fn connect(
+pub(crate) async fn connect(
     target: &TargetAddr,
     mut bound: Option<TcpSocket>,
     shared: &Shared,
