@@ -334,7 +334,7 @@ pub async fn handle(
                 HeadError::TooLarge => (431, "Request Header Fields Too Large"),
                 HeadError::Malformed(_) => (400, "Bad Request"),
             };
-            send(&mut io, t, &response(status, reason, &[], "bad request\n")).await?;
+            refuse(&mut io, t, &response(status, reason, &[], "bad request\n")).await?;
             return Err(SessionError::Refused(e.to_string()));
         }
     };
@@ -386,13 +386,13 @@ pub async fn handle(
                 &[("Proxy-Authenticate", &challenge)],
                 "proxy authentication required\n",
             );
-            send(&mut io, t, &r).await?;
+            refuse(&mut io, t, &r).await?;
             return Err(SessionError::Auth(why));
         }
         AuthOutcome::Error(why) => {
             // dispatch.rs logged the handler's error; the session's line says the rest.
             let r = response(500, "Internal Server Error", &[], "internal error\n");
-            send(&mut io, t, &r).await?;
+            refuse(&mut io, t, &r).await?;
             return Err(SessionError::Refused(format!(
                 "authentication error: {why}"
             )));
@@ -418,7 +418,7 @@ pub async fn handle(
             };
             let (status, reason) = status_for_reply(code);
             let body = format!("cannot connect to {target}\n");
-            send(&mut io, t, &response(status, reason, &[], &body)).await?;
+            refuse(&mut io, t, &response(status, reason, &[], &body)).await?;
             return Err(e);
         }
     };
@@ -444,6 +444,26 @@ async fn connect(target: &TargetAddr, shared: &Shared) -> Result<EgressStream, S
             }),
         },
     }
+}
+
+/// An error response, then a lingering close: stop writing and drain (bounded)
+/// what the client still sends, so that closing with unread bytes (an oversize
+/// head, say) does not reset the connection and destroy the response unread.
+async fn refuse(io: &mut ClientStream, t: Duration, bytes: &[u8]) -> Result<(), SessionError> {
+    send(io, t, bytes).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = io.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 async fn send(io: &mut ClientStream, t: Duration, bytes: &[u8]) -> Result<(), SessionError> {
