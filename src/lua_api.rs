@@ -289,7 +289,7 @@ pub(crate) fn pem_param(p: &mut Params, ctx: &str, key: &str) -> mlua::Result<Op
 
 /// nginx runs `init_by_lua` in the master and then forks workers; runtime threads
 /// started in the master would not exist in them. Refuse clearly instead.
-fn refuse_in_nginx_master(lua: &Lua, what: &str) -> mlua::Result<()> {
+pub(crate) fn refuse_in_nginx_master(lua: &Lua, what: &str) -> mlua::Result<()> {
     let Ok(Value::Table(ngx)) = lua.globals().get::<Value>("ngx") else {
         return Ok(());
     };

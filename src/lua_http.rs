@@ -122,7 +122,8 @@ fn http_config(v: Value) -> mlua::Result<Config> {
     Ok(c)
 }
 
-fn start_http_listener(_: &Lua, params: Value) -> mlua::Result<LuaHttpListener> {
+fn start_http_listener(lua: &Lua, params: Value) -> mlua::Result<LuaHttpListener> {
+    crate::lua_api::refuse_in_nginx_master(lua, "start_http_listener")?;
     let config = http_config(params)?;
     let listen = config.listen;
     let shared = http_server::start(runtime::current(), config).map_err(|e| {

@@ -80,20 +80,23 @@ impl std::fmt::Debug for Snapshot {
 
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let rows: Vec<(String, Vec<(&'static str, u64)>, bool)> = self
+        struct Row {
+            addr: String,
+            stats: Vec<(&'static str, u64)>,
+            accepting: bool,
+        }
+        let rows: Vec<Row> = self
             .listeners
             .iter()
-            .map(|l| {
-                (
-                    l.local_addr.to_string(),
-                    l.stats.snapshot(),
-                    l.accepting.load(Ordering::Acquire),
-                )
+            .map(|l| Row {
+                addr: l.local_addr.to_string(),
+                stats: l.stats.snapshot(),
+                accepting: l.accepting.load(Ordering::Acquire),
             })
             .collect();
         // Names come from the stats snapshot, so a counter added there is exported too.
-        if let Some((_, first, _)) = rows.first() {
-            for (i, (stat, _)) in first.iter().enumerate() {
+        if let Some(first) = rows.first() {
+            for (i, (stat, _)) in first.stats.iter().enumerate() {
                 let gauge = *stat == "active";
                 let ty = if gauge {
                     MetricType::Gauge
@@ -102,9 +105,9 @@ impl Collector for Snapshot {
                 };
                 let name = format!("listener_{stat}");
                 let mut m = enc.encode_descriptor(&name, help(stat), None, ty)?;
-                for (addr, snap, _) in &rows {
-                    let v = snap[i].1;
-                    let labels = [("listener", addr.as_str())];
+                for row in &rows {
+                    let v = row.stats[i].1;
+                    let labels = [("listener", row.addr.as_str())];
                     let f = m.encode_family(&labels)?;
                     if gauge {
                         ConstGauge::new(v as i64).encode(f)?;
@@ -119,9 +122,9 @@ impl Collector for Snapshot {
                 None,
                 MetricType::Gauge,
             )?;
-            for (addr, _, accepting) in &rows {
-                let labels = [("listener", addr.as_str())];
-                ConstGauge::new(*accepting as i64).encode(m.encode_family(&labels)?)?;
+            for row in &rows {
+                let labels = [("listener", row.addr.as_str())];
+                ConstGauge::new(row.accepting as i64).encode(m.encode_family(&labels)?)?;
             }
         }
         let pump = &self.pump;
