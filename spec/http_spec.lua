@@ -396,6 +396,7 @@ describe('start_http_listener', function()
     end
     assert(mine, body)
     assert.are.same({ 'socks5', 'http' }, mine.protocols)
+    assert.are.equal('proxy', mine.kind)
     assert.is_true(mine.tls)
     assert.is_true(mine.accepting)
     assert.are.equal(0, mine.stats.accepted)

@@ -434,7 +434,7 @@ async fn connect(target: &TargetAddr, shared: &Shared) -> Result<EgressStream, S
     match &shared.config.egress {
         None => crate::session::connect(target, None, shared)
             .await
-            .map(EgressStream::Tcp),
+            .map(EgressStream::Plain),
         Some(egress) => match egress.connect(target, egress.connect_timeout).await {
             Ok(up) => Ok(up.stream),
             Err(e) => Err(SessionError::Connect {

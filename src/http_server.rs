@@ -332,9 +332,15 @@ async fn respond(
                         .into_iter()
                         .map(|(k, v)| (k.to_string(), v.into()))
                         .collect();
+                    // Egress forwarders share the accept loop; they speak no protocol.
+                    let (kind, protocols) = match &l.config.service {
+                        crate::listener::Service::Socks5 => ("proxy", l.config.protocols.names()),
+                        crate::listener::Service::Forward { .. } => ("forward", Vec::new()),
+                    };
                     serde_json::json!({
                         "address": l.local_addr.to_string(),
-                        "protocols": l.config.protocols.names(),
+                        "kind": kind,
+                        "protocols": protocols,
                         "tls": l.config.tls.is_some(),
                         "accepting": l.accepting.load(Ordering::Acquire),
                         "stats": stats,
