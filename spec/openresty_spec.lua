@@ -54,6 +54,11 @@ http {
     kumoproxy.on('proxy_server_auth_rfc1929', function() return false end)
     local ok, err = pcall(kumoproxy.start_proxy_listener, { listen = '127.0.0.1:0' })
     MASTER_LISTENER_ERROR = tostring(err)
+    -- Start the runtime in the master on purpose: forked workers must build
+    -- their own (the master's threads do not exist in them).
+    local out, code = kumoproxy.run_command('echo master-runtime')
+    assert(code == 0 and out == 'master-runtime\n', 'run_command in master failed')
+    assert(kumoproxy.runtime_stats().runtime_started)
   }
   init_worker_by_lua_block {
     ngx.log(ngx.NOTICE, 'master listener attempt: ', MASTER_LISTENER_ERROR)
