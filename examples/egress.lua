@@ -16,7 +16,12 @@ kumoproxy.on('proxy_server_auth_rfc1929', function(username, password, conn_meta
   print(('proxy: auth request from %s for %s'):format(conn_meta.peer_address, username))
   return username == 'alice' and password == 'secret'
 end)
-local proxy = kumoproxy.start_proxy_listener { listen = '127.0.0.1:0', require_auth = true }
+local proxy = kumoproxy.start_proxy_listener {
+  listen = '127.0.0.1:0',
+  require_auth = true,
+  -- The demo destination is on 127.0.0.1; loopback is denied unless allowed.
+  allow_private_destinations = true,
+}
 
 -- 2. A demo destination. The kernel completes TCP handshakes on a listening
 --    socket before accept(), so this one thread can play both ends.

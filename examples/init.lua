@@ -26,6 +26,10 @@ local listener = kumoproxy.start_proxy_listener {
   listen = os.getenv('KUMOPROXY_LISTEN') or '127.0.0.1:1080',
   require_auth = true,
   timeout = '30 seconds',
+  -- Lets clients reach services on this machine (127.0.0.1), as the demo and its
+  -- test do. By default loopback, link-local and the cloud metadata address
+  -- (169.254.169.254) are denied: leave this out in production.
+  allow_private_destinations = true,
 }
 print('proxy listener on ' .. listener:local_addr())
 io.stdout:flush()

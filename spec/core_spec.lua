@@ -75,20 +75,20 @@ describe('start_proxy_listener parameters', function()
 
   it('accepts durations as seconds or strings', function()
     for _, t in ipairs { 30, 1.5, '30 seconds', '2m', '500ms' } do
-      local l = H.listener { timeout = t, tcp_keepalive = { enabled = true, time = '1 minute', interval = 5, retries = 3 } }
+      local l = H.listener { allow_private_destinations = true, timeout = t, tcp_keepalive = { enabled = true, time = '1 minute', interval = 5, retries = 3 } }
       l:close()
     end
   end)
 
   it('reports a port already in use', function()
-    local l = H.listener {}
+    local l = H.listener { allow_private_destinations = true }
     local msg = start_err { listen = l:local_addr() }
     assert.matches('cannot listen on ' .. l:local_addr():gsub('%.', '%%.'), msg)
     l:close()
   end)
 
   it('binds IPv6 and picks a free port with port 0', function()
-    local l = kp.start_proxy_listener { listen = '[::1]:0' }
+    local l = kp.start_proxy_listener { listen = '[::1]:0', allow_private_destinations = true }
     assert.matches('^%[::1%]:%d+$', l:local_addr())
     assert.is_not.equal('[::1]:0', l:local_addr())
     l:close()
@@ -121,7 +121,7 @@ describe('SOCKS5 proxy', function()
   end
 
   it('serves curl --socks5-hostname with credentials checked by Lua', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     local out, rc, err = curl('socks5h://alice:secret@' .. l:local_addr(),
       ('http://localhost:%d/'):format(origin.http))
     assert.are.equal(0, rc, err)
@@ -138,7 +138,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('serves curl --socks5 (IP resolved by the client)', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     local out, rc, err = curl('socks5://bob:hunter2@' .. l:local_addr(),
       ('http://127.0.0.1:%d/bytes/100000'):format(origin.http))
     assert.are.equal(0, rc, err)
@@ -147,7 +147,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('refuses a wrong password, counts it, and keeps serving', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     local _, rc = curl('socks5h://alice:wrong@' .. l:local_addr(), ('http://127.0.0.1:%d/'):format(origin.http))
     assert.are_not.equal(0, rc)
     local out, rc2 = curl('socks5h://alice:secret@' .. l:local_addr(), ('http://127.0.0.1:%d/'):format(origin.http))
@@ -161,7 +161,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('denies when the handler raises, and serves the next client', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     local calls = 0
     kp.on(AUTH, function(user)
       calls = calls + 1
@@ -179,7 +179,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('denies when the handler returns a wrong type or empty AuthInfo', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     for _, ret in ipairs { 'yes', 1, { identities = {} }, { identities = 'x' } } do
       kp.on(AUTH, function() return ret end)
       local _, rc = curl('socks5h://alice:secret@' .. l:local_addr(), ('http://127.0.0.1:%d/'):format(origin.http))
@@ -190,7 +190,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('accepts an AuthInfo table', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     kp.on(AUTH, function(user)
       return { identities = { { identity = user .. '@corp', context = 'ProxyAuthRfc1929' } }, groups = { 'staff' } }
     end)
@@ -201,7 +201,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('answers 0xFF to a client offering no password when require_auth is set', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     local got, ending = H.raw(l:local_addr(), '050100')
     assert.are.equal('05ff', got)
     assert.are.equal('EOF', ending)
@@ -213,7 +213,7 @@ describe('SOCKS5 proxy', function()
 
   it('lets trusted hosts in without credentials, and nobody else', function()
     kp.on(AUTH, nil)
-    local open = H.listener {}
+    local open = H.listener { allow_private_destinations = true }
     local out, rc = curl('socks5://' .. open:local_addr(), ('http://127.0.0.1:%d/'):format(origin.http))
     assert.are.equal(0, rc)
     assert.are.equal('hello from origin\n', out)
@@ -222,7 +222,7 @@ describe('SOCKS5 proxy', function()
     assert.are.equal(0, rc)
     open:close()
 
-    local closed = H.listener { trusted_hosts = { '10.0.0.0/8' } }
+    local closed = H.listener { allow_private_destinations = true, trusted_hosts = { '10.0.0.0/8' } }
     local got = H.raw(closed:local_addr(), '050100')
     assert.are.equal('05ff', got)
     H.eventually(function() return closed:stats().auth_failures == 1 end)
@@ -230,7 +230,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('lets an untrusted client in with valid credentials when auth is optional', function()
-    local l = H.listener { trusted_hosts = {} }
+    local l = H.listener { allow_private_destinations = true, trusted_hosts = {} }
     local out, rc = curl('socks5h://alice:secret@' .. l:local_addr(), ('http://127.0.0.1:%d/'):format(origin.http))
     assert.are.equal(0, rc)
     assert.are.equal('hello from origin\n', out)
@@ -238,7 +238,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('connects to IPv6 and domain destinations', function()
-    local l = H.listener {}
+    local l = H.listener { allow_private_destinations = true }
     if origin.echo6 ~= 0 then
       local out, rc = H.socks_py(('connect --proxy %s --target [::1]:%d'):format(l:local_addr(), origin.echo6))
       assert.are.equal(0, rc, out)
@@ -252,7 +252,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('maps connect failures to RFC 1928 reply codes', function()
-    local l = H.listener {}
+    local l = H.listener { allow_private_destinations = true }
     -- A port nobody listens on: bind one, note it, close it.
     local s = H.socket.bind('127.0.0.1', 0)
     local _, port = s:getsockname()
@@ -265,7 +265,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('selects the source address with BIND then CONNECT (KumoMTA interop)', function()
-    local l = H.listener {}
+    local l = H.listener { allow_private_destinations = true }
     local out, rc = H.socks_py(('connect --proxy %s --target 127.0.0.1:%d --bind-source 127.0.0.2'):format(l:local_addr(), origin.peer))
     assert.are.equal(0, rc, out)
     local bind_reply, connect_reply = out:match('reply=0x00 bound=([^\n]+)\nreply=0x00 bound=([^\n]+)')
@@ -277,7 +277,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('refuses a second BIND, BIND of a real port, and UDP ASSOCIATE', function()
-    local l = H.listener {}
+    local l = H.listener { allow_private_destinations = true }
     local bind = '050200017f00000200' .. '00'
     local got = H.raw(l:local_addr(), '050100' .. bind .. bind)
     assert.matches('^0500050000017f000002', got)
@@ -290,7 +290,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('closes on malformed input and keeps serving', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     local cases = {
       { '0401', '', 'wrong SOCKS version' },
       { '474554202f20485454502f312e310d0a0d0a', '', 'HTTP on a SOCKS port' },
@@ -304,7 +304,7 @@ describe('SOCKS5 proxy', function()
       assert.are.equal('EOF', ending, c[3])
     end
     kp.on(AUTH, nil)
-    local open = H.listener {}
+    local open = H.listener { allow_private_destinations = true }
     -- After the method selection (0500): reply 07 unknown command, 08 address type, 01 empty domain.
     assert.are.equal('05000507', H.raw(open:local_addr(), '050100' .. '05090001'):sub(1, 8))
     assert.are.equal('05000508', H.raw(open:local_addr(), '050100' .. '0501000907'):sub(1, 8))
@@ -318,7 +318,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('cuts a client that stalls in the handshake after timeout', function()
-    local l = H.listener { timeout = 0.3 }
+    local l = H.listener { allow_private_destinations = true, timeout = 0.3 }
     local got, ending = H.raw(l:local_addr(), '0502', 5)
     assert.are.equal('', got)
     assert.are.equal('EOF', ending)
@@ -330,7 +330,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('fails closed when nobody pumps a pending decision', function()
-    local l = H.listener { require_auth = true, timeout = 0.3 }
+    local l = H.listener { allow_private_destinations = true, require_auth = true, timeout = 0.3 }
     -- io.popen blocks this thread without dispatching events.
     local p = io.popen(('python3 spec/support/socks.py connect --proxy %s --target 127.0.0.1:%d --user alice --password secret 2>&1')
       :format(l:local_addr(), origin.echo))
@@ -345,7 +345,7 @@ describe('SOCKS5 proxy', function()
 
   it('propagates half-close in both directions', function()
     kp.on(AUTH, nil)
-    local l = H.listener {}
+    local l = H.listener { allow_private_destinations = true }
     local c = assert(H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo))
     assert(c:send('half-closed payload'))
     c:shutdown('send')
@@ -359,7 +359,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('relays bytes the client pipelines behind its request', function()
-    local l = H.listener {}
+    local l = H.listener { allow_private_destinations = true }
     local c = H.socket.tcp()
     c:settimeout(5)
     assert(c:connect('127.0.0.1', tonumber(l:local_addr():match(':(%d+)$'))))
@@ -374,7 +374,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('closes connections beyond max_connections at once and counts them', function()
-    local l = H.listener { max_connections = 1 }
+    local l = H.listener { allow_private_destinations = true, max_connections = 1 }
     local held = assert(H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo))
     local c2, why = H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo)
     assert.is_nil(c2)
@@ -388,7 +388,7 @@ describe('SOCKS5 proxy', function()
 
   it('returns fds to baseline after 1,000 sessions', function()
     kp.on(AUTH, nil)
-    local l = H.listener {}
+    local l = H.listener { allow_private_destinations = true }
     H.quiesce()
     local before = H.socket_count()
 
@@ -410,7 +410,7 @@ describe('SOCKS5 proxy', function()
   end)
 
   it('close() stops accepting while an established session keeps relaying', function()
-    local l = H.listener {}
+    local l = H.listener { allow_private_destinations = true }
     local c = assert(H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo))
     l:close()
     H.eventually(function() return l:stats().accepting == false end)
@@ -431,7 +431,7 @@ describe('run and stop', function()
   teardown(function() origin.stop() end)
 
   it('run() returns after kumoproxy.stop() from a handler', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     local seen
     kp.on(AUTH, function(user)
       seen = user
@@ -452,7 +452,7 @@ describe('run and stop', function()
   end)
 
   it('poll(timeout) dispatches an event when it arrives', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     local calls = 0
     kp.on(AUTH, function() calls = calls + 1; return true end)
     local bg = io.popen(('python3 spec/support/socks.py connect --proxy %s --target 127.0.0.1:%d --user u --password p 2>&1')

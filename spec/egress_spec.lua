@@ -258,7 +258,7 @@ describe('egress through a kumoproxy listener', function()
   local origin, proxy, proxy_addr
   setup(function()
     origin = H.start_origin()
-    proxy = H.listener {}
+    proxy = H.listener { allow_private_destinations = true }
     proxy_addr = proxy:local_addr()
   end)
   teardown(function()
@@ -331,7 +331,7 @@ describe('egress through a kumoproxy listener', function()
     after_each(function() kp.on(AUTH, nil) end)
 
     it('authenticates while connect() pumps events', function()
-      local l = H.listener { require_auth = true }
+      local l = H.listener { allow_private_destinations = true, require_auth = true }
       local src = kp.make_egress_source { name = 'auth', socks5_proxy_server = l:local_addr(),
         socks5_proxy_username = 'alice', socks5_proxy_password = { key_data = 'secret' } }
       local conn = must(src:connect('127.0.0.1', origin.echo))
@@ -343,7 +343,7 @@ describe('egress through a kumoproxy listener', function()
     end)
 
     it('reports wrong credentials with the auth error text', function()
-      local l = H.listener { require_auth = true }
+      local l = H.listener { allow_private_destinations = true, require_auth = true }
       local src = kp.make_egress_source { name = 'auth', socks5_proxy_server = l:local_addr(),
         socks5_proxy_username = 'alice', socks5_proxy_password = 'wrong' }
       local conn, err = src:connect('127.0.0.1', origin.echo)
@@ -354,7 +354,7 @@ describe('egress through a kumoproxy listener', function()
     end)
 
     it('says which method was missing when credentials are required', function()
-      local l = H.listener { require_auth = true }
+      local l = H.listener { allow_private_destinations = true, require_auth = true }
       local src = kp.make_egress_source { name = 'anon', socks5_proxy_server = l:local_addr() }
       local _, err = src:connect('127.0.0.1', origin.echo)
       assert.matches('^socks5 auth: proxy .* accepted none of our methods %(offered no authentication', err)
@@ -367,7 +367,7 @@ describe('TLS to the proxy', function()
   local origin, proxy, front, dir
   setup(function()
     origin = H.start_origin()
-    proxy = H.listener {}
+    proxy = H.listener { allow_private_destinations = true }
     dir = tmpdir()
     make_pki(dir)
     front = start_tls_front(dir, proxy:local_addr())
@@ -416,7 +416,7 @@ describe('TLS to the proxy', function()
   end)
 
   it('carries RFC 1929 credentials inside TLS', function()
-    local l = H.listener { require_auth = true }
+    local l = H.listener { allow_private_destinations = true, require_auth = true }
     local f = start_tls_front(dir, l:local_addr())
     local users = {}
     kp.on(AUTH, function(user, pass) users[#users + 1] = user; return pass == 'tls-secret' end)
@@ -587,7 +587,7 @@ describe('src:forward', function()
   local origin, proxy
   setup(function()
     origin = H.start_origin()
-    proxy = H.listener {}
+    proxy = H.listener { allow_private_destinations = true }
   end)
   teardown(function()
     proxy:close()
@@ -664,20 +664,20 @@ describe('upstream chaining: listener -> egress source -> listener', function()
   end
 
   it('relays through the second listener and counts bytes on both', function()
-    local back = H.listener {}
+    local back = H.listener { allow_private_destinations = true }
     local src = kp.make_egress_source { name = 'upstream', socks5_proxy_server = back:local_addr() }
-    local front = H.listener { egress_source = src }
+    local front = H.listener { allow_private_destinations = true, egress_source = src }
     chain_check(front, back)
     front:close()
     back:close()
   end)
 
   it('relays over a TLS upstream leg', function()
-    local back = H.listener {}
+    local back = H.listener { allow_private_destinations = true }
     local tls = start_tls_front(dir, back:local_addr())
     local src = kp.make_egress_source { name = 'upstream-tls', socks5_proxy_server = '127.0.0.1:' .. tls.port,
       socks5_proxy_tls = true, socks5_proxy_tls_ca = dir .. '/ca.pem' }
-    local front = H.listener { egress_source = src }
+    local front = H.listener { allow_private_destinations = true, egress_source = src }
     chain_check(front, back)
     front:close()
     back:close()
@@ -707,9 +707,9 @@ describe('upstream chaining: listener -> egress source -> listener', function()
   end)
 
   it('passes the upstream reply code to the client, and refuses BIND-chosen sources', function()
-    local back = H.listener {}
+    local back = H.listener { allow_private_destinations = true }
     local src = kp.make_egress_source { name = 'upstream', socks5_proxy_server = back:local_addr() }
-    local front = H.listener { egress_source = src }
+    local front = H.listener { allow_private_destinations = true, egress_source = src }
     local c, code = H.socks_connect(front:local_addr(), '127.0.0.1', free_port())
     assert.is_nil(c)
     assert.are.equal(5, code)
@@ -730,7 +730,7 @@ describe('secrets in logs', function()
     write_file(script, ([[
       local kp = require 'kumoproxy'
       kp.on('proxy_server_auth_rfc1929', function(u, p) return p == 'pw-right-0123' end)
-      local l = kp.start_proxy_listener { listen = '127.0.0.1:0', require_auth = true }
+      local l = kp.start_proxy_listener { listen = '127.0.0.1:0', require_auth = true, allow_private_destinations = true }
       for _, pw in ipairs { 'pw-right-0123', 'pw-wrong-4567' } do
         local src = kp.make_egress_source { name = 'logcheck', socks5_proxy_server = l:local_addr(),
           socks5_proxy_username = 'alice', socks5_proxy_password = pw }

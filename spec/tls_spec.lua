@@ -64,7 +64,7 @@ describe('TLS listener', function()
   end
 
   it('serves SOCKS5 inside TLS with a certificate from files', function()
-    local l = H.listener { use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key') }
+    local l = H.listener { allow_private_destinations = true, use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key') }
     local out, rc = tls_socks(l, '--cafile ' .. f('ca1.pem') .. ' --server-name localhost')
     assert.are.equal(0, rc, out)
     assert.matches('tls=ok version=TLSv1%.3 cn=localhost', out)
@@ -78,12 +78,13 @@ describe('TLS listener', function()
 
   it('accepts PKCS#1 RSA and SEC1 EC keys, and inline PEM', function()
     for _, name in ipairs { 'rsa', 'ec' } do
-      local l = H.listener { use_tls = true, tls_certificate = f(name .. '.pem'), tls_private_key = f(name .. '.key') }
+      local l = H.listener { allow_private_destinations = true, use_tls = true, tls_certificate = f(name .. '.pem'), tls_private_key = f(name .. '.key') }
       local out, rc = tls_socks(l, '--cafile ' .. f('ca1.pem') .. ' --server-name localhost')
       assert.are.equal(0, rc, name .. ': ' .. out)
       l:close()
     end
     local l = H.listener {
+      allow_private_destinations = true,
       use_tls = true,
       tls_certificate = read(f('server.pem')),
       tls_private_key = { key_data = read(f('server.key')) },
@@ -94,7 +95,7 @@ describe('TLS listener', function()
   end)
 
   it('generates a self-signed certificate a client can trust via certificate_pem()', function()
-    local l = H.listener { use_tls = true, hostname = 'proxy.test' }
+    local l = H.listener { allow_private_destinations = true, use_tls = true, hostname = 'proxy.test' }
     local pem = l:certificate_pem()
     assert.matches('^%-%-%-%-%-BEGIN CERTIFICATE%-%-%-%-%-', pem)
     local ca = os.tmpname()
@@ -114,6 +115,7 @@ describe('TLS listener', function()
 
   it('accepts a client certificate from the CA and shows its identity to Lua', function()
     local l = H.listener {
+      allow_private_destinations = true,
       use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key'),
       tls_client_ca = f('ca1.pem'), require_auth = true, require_password = true, trusted_hosts = {},
     }
@@ -133,6 +135,7 @@ describe('TLS listener', function()
 
   it('lets a verified client certificate stand in for a password under require_auth', function()
     local l = H.listener {
+      allow_private_destinations = true,
       use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key'),
       tls_client_ca = f('ca1.pem'), require_auth = true, trusted_hosts = {},
     }
@@ -145,6 +148,7 @@ describe('TLS listener', function()
 
   it('refuses clients without a certificate or with one from another CA', function()
     local l = H.listener {
+      allow_private_destinations = true,
       use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key'),
       tls_client_ca = f('ca1.pem'), require_auth = true, trusted_hosts = {},
     }
@@ -166,6 +170,7 @@ describe('TLS listener', function()
 
   it("tls_client_auth = 'optional' admits clients without a certificate", function()
     local l = H.listener {
+      allow_private_destinations = true,
       use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key'),
       tls_client_ca = f('ca1.pem'), tls_client_auth = 'optional',
     }
@@ -175,7 +180,7 @@ describe('TLS listener', function()
   end)
 
   it('reload_tls serves the new certificate to new handshakes; established sessions keep going', function()
-    local l = H.listener { use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key') }
+    local l = H.listener { allow_private_destinations = true, use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key') }
     local old = assert(luasec_session(l, f('ca1.pem')))
     assert(old:send('before\n'))
     assert.are.equal('before', old:receive('*l'))
@@ -204,7 +209,7 @@ describe('TLS listener', function()
   end)
 
   it('fails a plain client on the TLS port fast and counts it', function()
-    local l = H.listener { use_tls = true }
+    local l = H.listener { allow_private_destinations = true, use_tls = true }
     local got, ending = H.raw(l:local_addr(), '050100', 5)
     assert.is_nil(got:match('^0500'))
     assert.are.equal('EOF', ending)

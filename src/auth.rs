@@ -1,9 +1,16 @@
-//! Who a client is: AuthInfo (identities and groups), connection metadata and
-//! trusted hosts. Decisions themselves come from Lua via the event pump.
+//! Who a client is: AuthInfo (identities, groups, permissions), connection
+//! metadata and trusted hosts, and the credential check every front-end shares:
+//! [`check_credentials`] (failure delay, cache, then `auth_http` or Lua).
 
+use crate::auth_cache::{AuthCache, FailureDelay};
+use crate::listener::Shared;
 use crate::net::{LocalAddr, PeerAddr};
+use crate::permissions::Permissions;
+use crate::pump::{Event, EVENT_AUTH_RFC1929};
 use ipnet::IpNet;
+use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Where an identity came from, as KumoMTA names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +24,8 @@ pub struct Identity {
 pub struct AuthInfo {
     pub identities: Vec<Identity>,
     pub groups: Vec<String>,
+    /// The user's own destination rules, checked after the listener's.
+    pub permissions: Option<Arc<Permissions>>,
 }
 
 pub const CONTEXT_RFC1929: &str = "ProxyAuthRfc1929";
@@ -31,6 +40,7 @@ impl AuthInfo {
                 context: context.to_string(),
             }],
             groups: Vec::new(),
+            permissions: None,
         }
     }
 
@@ -40,6 +50,123 @@ impl AuthInfo {
             Some(i) => format!("{} ({})", i.identity, i.context),
             None => "anonymous".to_string(),
         }
+    }
+}
+
+/// Why credentials were refused. `cacheable`: a decision (a handler's `false`,
+/// an HTTP 4xx) rather than a failure to decide (timeout, service down, 5xx),
+/// which must not be remembered by the auth cache.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub reason: String,
+    pub cacheable: bool,
+}
+
+impl Denial {
+    pub fn decided(reason: impl Into<String>) -> Self {
+        Denial {
+            reason: reason.into(),
+            cacheable: true,
+        }
+    }
+    pub fn failed(reason: impl Into<String>) -> Self {
+        Denial {
+            reason: reason.into(),
+            cacheable: false,
+        }
+    }
+}
+
+/// Per-listener authentication state, shared by every front-end (SOCKS5, HTTP).
+#[derive(Default)]
+pub struct AuthState {
+    pub cache: Option<AuthCache>,
+    pub delay: FailureDelay,
+}
+
+/// The one credential check for every protocol: progressive delay for peers
+/// with recent failures, then the auth cache, then `auth_http` when the listener
+/// has it (Lua is not consulted), else `ask_lua` (the protocol's Lua event).
+/// `context` names where an `auth_http` identity came from. The error never
+/// contains the password.
+pub async fn check_credentials<F, Fut>(
+    username: &[u8],
+    password: &[u8],
+    meta: &Arc<ConnMeta>,
+    shared: &Shared,
+    context: &'static str,
+    ask_lua: F,
+) -> Result<AuthInfo, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<AuthInfo, Denial>>,
+{
+    let state = &shared.auth;
+    let ip = meta.peer.0.ip();
+    state.delay.wait(ip).await;
+    if let Some(hit) = state.cache.as_ref().and_then(|c| c.get(username, password)) {
+        if hit.is_err() {
+            state.delay.record_failure(ip);
+        }
+        return hit.map_err(|why| format!("{why} (cached)"));
+    }
+    let verdict = match &shared.config.auth_http {
+        Some(http) => http.check(username, password, meta, context).await,
+        None => ask_lua().await,
+    };
+    if let Some(cache) = &state.cache {
+        match &verdict {
+            Ok(info) => cache.put(username, password, Ok(info.clone())),
+            Err(d) if d.cacheable => cache.put(username, password, Err(d.reason.clone())),
+            Err(_) => {}
+        }
+    }
+    if verdict.is_err() {
+        state.delay.record_failure(ip);
+    }
+    verdict.map_err(|d| d.reason)
+}
+
+/// [`check_credentials`] for SOCKS5 RFC 1929: the Lua side is
+/// `proxy_server_auth_rfc1929`, required when the listener has no `auth_http`.
+pub async fn check_rfc1929(
+    username: Vec<u8>,
+    password: Vec<u8>,
+    meta: &Arc<ConnMeta>,
+    shared: &Shared,
+) -> Result<AuthInfo, String> {
+    let (u, p) = (username.clone(), password.clone());
+    check_credentials(&u, &p, meta, shared, CONTEXT_RFC1929, || {
+        ask_rfc1929(username, password, meta, shared)
+    })
+    .await
+}
+
+async fn ask_rfc1929(
+    username: Vec<u8>,
+    password: Vec<u8>,
+    meta: &Arc<ConnMeta>,
+    shared: &Shared,
+) -> Result<AuthInfo, Denial> {
+    if !crate::pump::registered(EVENT_AUTH_RFC1929) {
+        return Err(Denial::failed(format!(
+            "no {EVENT_AUTH_RFC1929} handler is registered"
+        )));
+    }
+    let ask = shared.pump.ask(|reply| Event::AuthRfc1929 {
+        username,
+        password,
+        meta: meta.clone(),
+        reply,
+    });
+    match tokio::time::timeout(shared.config.timeout, ask).await {
+        // The handler answered: a decision, even when it raised (fail closed).
+        Ok(Ok(verdict)) => verdict.map_err(Denial::decided),
+        Ok(Err(e)) => Err(Denial::failed(e.to_string())),
+        Err(_) => Err(Denial::failed(format!(
+            "no decision from the {EVENT_AUTH_RFC1929} handler within {:?} (is the host pumping events?)",
+            shared.config.timeout
+        ))),
     }
 }
 

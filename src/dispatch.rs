@@ -5,8 +5,12 @@
 //! is missing fails closed for that one request, with one log line naming the event.
 
 use crate::auth::{AuthInfo, ConnMeta, Identity, CONTEXT_RFC1929};
-use crate::pump::{Event, Pump, Verdict};
+use crate::permissions::Permissions;
+use crate::policy::Overrides;
+use crate::pump::{Event, Pump, Verdict, EVENT_REQUEST};
 use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
+use std::net::IpAddr;
+use std::sync::Arc;
 
 pub const HANDLERS_KEY: &str = "kumoproxy.handlers";
 
@@ -33,7 +37,7 @@ pub fn dispatch_pending(lua: &Lua, pump: &Pump) -> mlua::Result<usize> {
         let started = std::time::Instant::now();
         let outcome = handler(lua, name).and_then(|f| f.call(event_args(lua, &ev)?));
         pump.event_latency.observe(name, started.elapsed());
-        answer(ev, outcome);
+        answer(lua, ev, outcome);
     }
     Ok(n)
 }
@@ -66,13 +70,31 @@ pub fn event_args(lua: &Lua, ev: &Event) -> mlua::Result<MultiValue> {
             conn_meta_table(lua, meta)?,
         )
             .into_lua_multi(lua),
+        Event::Request {
+            request,
+            auth,
+            meta,
+            ..
+        } => {
+            let req = lua.create_table()?;
+            req.set("command", request.command)?;
+            req.set("host", request.host.as_str())?;
+            req.set("port", request.port)?;
+            (
+                req,
+                auth_info_table(lua, auth)?,
+                conn_meta_table(lua, meta)?,
+            )
+                .into_lua_multi(lua)
+        }
     }
 }
 
 /// Sends a handler's outcome (its return value, or the error it raised) as the
 /// event's answer. Errors and wrong types fail closed with one log line. Used by
 /// `poll`/`run` and by event objects that hosts answer themselves (`ev:reply`).
-pub fn answer(ev: Event, outcome: mlua::Result<Value>) {
+/// `lua` resolves names in answers (an egress source by name).
+pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
     let name = ev.name();
     match ev {
         Event::AuthRfc1929 {
@@ -119,7 +141,147 @@ pub fn answer(ev: Event, outcome: mlua::Result<Value>) {
             };
             let _ = reply.send(verdict);
         }
+        Event::Request { request, reply, .. } => {
+            let what = format!("{} {}:{}", request.command, request.host, request.port);
+            let verdict = match outcome {
+                Ok(ret) => request_verdict(lua, ret),
+                Err(e) => {
+                    tracing::error!("{name} handler failed (denying {what}): {}", flat(&e));
+                    Err(format!("{name} handler raised an error"))
+                }
+            };
+            if let Err(why) = &verdict {
+                if why.contains("returned") {
+                    tracing::error!("{name} ({what}): {why}");
+                }
+            }
+            let _ = reply.send(verdict);
+        }
     }
+}
+
+/// `true` / `false` / `{ destination, source_address, egress_source }`.
+fn request_verdict(lua: &Lua, ret: Value) -> crate::policy::RequestVerdict {
+    let t = match ret {
+        Value::Boolean(true) => return Ok(Overrides::default()),
+        Value::Boolean(false) => return Err(format!("denied by the {EVENT_REQUEST} handler")),
+        Value::Table(t) => t,
+        other => {
+            return Err(format!(
+                "handler returned a value of type {}; expected a boolean or a table",
+                other.type_name()
+            ))
+        }
+    };
+    let bad = |m: String| format!("handler returned an invalid table: {m}");
+    let mut over = Overrides::default();
+    for pair in t.pairs::<Value, Value>() {
+        let (k, v) = pair.map_err(|e| bad(e.to_string()))?;
+        let key = match &k {
+            Value::String(s) => s.to_string_lossy(),
+            other => return Err(bad(format!("unexpected key of type {}", other.type_name()))),
+        };
+        match key.as_str() {
+            "destination" => {
+                let Value::String(d) = &v else {
+                    return Err(bad("destination must be a 'host:port' string".into()));
+                };
+                let d = d.to_string_lossy();
+                let target = crate::egress::split_host_port(&d)
+                    .and_then(|(h, p)| crate::egress::target(&h, p))
+                    .map_err(|e| bad(format!("destination '{d}': {e}")))?;
+                over.destination = Some(target);
+            }
+            "source_address" => {
+                let ip = match &v {
+                    Value::String(s) => s.to_string_lossy().parse::<IpAddr>().ok(),
+                    _ => None,
+                };
+                over.source_address =
+                    Some(ip.ok_or_else(|| {
+                        bad("source_address must be an IP address string".into())
+                    })?);
+            }
+            "egress_source" => {
+                over.egress = Some(
+                    crate::lua_egress::source_from_value(lua, &v)
+                        .map_err(|e| bad(format!("egress_source: {e}")))?,
+                );
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown key '{other}' (known: destination, source_address, egress_source)"
+                )))
+            }
+        }
+    }
+    Ok(over)
+}
+
+/// The `auth_info` a handler sees: `{ identities = {{identity, context}}, groups,
+/// permissions = { allow, deny } }` (permissions only when the user has some).
+pub fn auth_info_table(lua: &Lua, info: &AuthInfo) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    let ids = lua.create_table()?;
+    for (i, id) in info.identities.iter().enumerate() {
+        let it = lua.create_table()?;
+        it.set("identity", id.identity.as_str())?;
+        it.set("context", id.context.as_str())?;
+        ids.raw_set(i + 1, it)?;
+    }
+    t.set("identities", ids)?;
+    t.set("groups", info.groups.clone())?;
+    if let Some(p) = &info.permissions {
+        let pt = lua.create_table()?;
+        pt.set(
+            "allow",
+            p.allow.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        )?;
+        pt.set(
+            "deny",
+            p.deny.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        )?;
+        t.set("permissions", pt)?;
+    }
+    Ok(t)
+}
+
+/// `{ allow = {...}, deny = {...} }` -> Permissions; errors name the entry.
+pub fn permissions_from_value(v: &Value) -> Result<Permissions, String> {
+    let t = match v {
+        Value::Table(t) => t,
+        other => {
+            return Err(format!(
+                "expected a table {{ allow = {{...}}, deny = {{...}} }}, got {}",
+                other.type_name()
+            ))
+        }
+    };
+    for pair in t.pairs::<Value, Value>() {
+        let (k, _) = pair.map_err(|e| e.to_string())?;
+        let ok = matches!(&k, Value::String(s) if matches!(s.to_string_lossy().as_str(), "allow" | "deny"));
+        if !ok {
+            return Err(format!("unknown key {k:?} (known: allow, deny)"));
+        }
+    }
+    let list = |key: &str| -> Result<Vec<String>, String> {
+        match t.raw_get::<Value>(key).map_err(|e| e.to_string())? {
+            Value::Nil => Ok(Vec::new()),
+            Value::Table(l) => l
+                .sequence_values::<Value>()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Ok(Value::String(s)) => Ok(s.to_string_lossy()),
+                    _ => Err(format!("{key}[{}]: expected a pattern string", i + 1)),
+                })
+                .collect(),
+            other => Err(format!(
+                "{key}: expected a list of patterns, got {}",
+                other.type_name()
+            )),
+        }
+    };
+    Permissions::parse(&list("allow")?, &list("deny")?)
 }
 
 pub fn handler(lua: &Lua, name: &str) -> mlua::Result<Function> {
@@ -170,8 +332,10 @@ fn auth_verdict(ret: Value, user: &str) -> Verdict {
 pub fn auth_info_from_table(t: &Table) -> Result<AuthInfo, String> {
     let mut info = AuthInfo::default();
     for (k, _) in t.pairs::<String, Value>().flatten() {
-        if !matches!(k.as_str(), "identities" | "groups") {
-            return Err(format!("unknown key '{k}' (known: identities, groups)"));
+        if !matches!(k.as_str(), "identities" | "groups" | "permissions") {
+            return Err(format!(
+                "unknown key '{k}' (known: identities, groups, permissions)"
+            ));
         }
     }
     let ids = match t.get::<Value>("identities").map_err(|e| e.to_string())? {
@@ -217,6 +381,11 @@ pub fn auth_info_from_table(t: &Table) -> Result<AuthInfo, String> {
             }
         }
         _ => return Err("groups must be a list of strings".into()),
+    }
+    let perms = t.get::<Value>("permissions").map_err(|e| e.to_string())?;
+    if !perms.is_nil() {
+        let p = permissions_from_value(&perms).map_err(|e| format!("permissions: {e}"))?;
+        info.permissions = Some(Arc::new(p));
     }
     Ok(info)
 }

@@ -54,17 +54,17 @@ impl UserData for LuaEvent {
         methods.add_method("pending", |_, this, ()| {
             Ok(this.event.as_ref().is_some_and(|e| !e.is_abandoned()))
         });
-        methods.add_method_mut("reply", |_, this, v: Value| {
-            answer(this.take()?, Ok(v));
+        methods.add_method_mut("reply", |lua, this, v: Value| {
+            answer(lua, this.take()?, Ok(v));
             Ok(true)
         });
-        methods.add_method_mut("fail", |_, this, msg: Value| {
+        methods.add_method_mut("fail", |lua, this, msg: Value| {
             let msg = match msg {
                 Value::String(s) => s.to_string_lossy(),
                 Value::Nil => "failed by the host".to_string(),
                 other => format!("{other:?}"),
             };
-            answer(this.take()?, Err(mlua::Error::RuntimeError(msg)));
+            answer(lua, this.take()?, Err(mlua::Error::RuntimeError(msg)));
             Ok(true)
         });
         methods.add_meta_method("__tostring", |_, this, ()| {

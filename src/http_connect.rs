@@ -8,8 +8,10 @@
 //!
 //! The parsing half of this file is pure (bytes in, values out) and unit-tested.
 
-use crate::auth::{AuthInfo, ConnMeta, Identity, CONTEXT_TLS_CLIENT, CONTEXT_TRUSTED_HOST};
-use crate::egress::EgressStream;
+use crate::auth::{
+    check_credentials, AuthInfo, ConnMeta, Denial, Identity, CONTEXT_TLS_CLIENT,
+    CONTEXT_TRUSTED_HOST,
+};
 use crate::listener::Shared;
 use crate::net::within;
 use crate::pump::{Event, EVENT_HTTP_AUTH_BASIC};
@@ -18,6 +20,7 @@ use crate::socks5::{reply, TargetAddr};
 use crate::stream::ClientStream;
 use base64::Engine;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -257,24 +260,43 @@ async fn authenticate(
     };
     let mut why_not = String::from("no Proxy-Authorization");
     match creds {
-        Some(Credentials::Basic { user, password }) => {
+        Some(Credentials::Basic { user, password })
+            if cfg.auth_http.is_some() || crate::pump::registered(EVENT_HTTP_AUTH_BASIC) =>
+        {
+            // The shared credential path: failure delay, auth cache, then auth_http
+            // or the Lua event. A user without a password is checked (and cached)
+            // with an empty one; Lua still sees nil.
             let name = String::from_utf8_lossy(&user).into_owned();
-            match validate_basic(&shared.pump, user, password, meta, cfg.timeout).await {
-                Some(Ok(true)) => {
-                    return AuthOutcome::Proceed(with_cert(AuthInfo::single(
-                        name,
-                        CONTEXT_HTTP_BASIC,
-                    )))
+            let pw = password.clone().unwrap_or_default();
+            let errored = AtomicBool::new(false);
+            let errored_ref = &errored;
+            let (u, n) = (user.clone(), name.clone());
+            let ask = move || async move {
+                match validate_basic(&shared.pump, u, password, meta, cfg.timeout).await {
+                    Some(Ok(true)) => Ok(AuthInfo::single(n, CONTEXT_HTTP_BASIC)),
+                    Some(Ok(false)) => Err(Denial::decided("rejected by handler")),
+                    Some(Err(e)) => {
+                        errored_ref.store(true, Ordering::Relaxed);
+                        Err(Denial::failed(e))
+                    }
+                    None => Err(Denial::failed(format!(
+                        "no {EVENT_HTTP_AUTH_BASIC} handler is registered"
+                    ))),
                 }
-                Some(Ok(false)) => {
-                    return AuthOutcome::Challenge(format!("user '{name}': rejected by handler"))
+            };
+            let verdict =
+                check_credentials(&user, &pw, meta, shared, CONTEXT_HTTP_BASIC, ask).await;
+            return match verdict {
+                Ok(info) => AuthOutcome::Proceed(with_cert(info)),
+                Err(why) if errored.load(Ordering::Relaxed) => {
+                    AuthOutcome::Error(format!("user '{name}': {why}"))
                 }
-                Some(Err(e)) => return AuthOutcome::Error(format!("user '{name}': {e}")),
-                None => {
-                    why_not =
-                        format!("user '{name}': no {EVENT_HTTP_AUTH_BASIC} handler is registered")
-                }
-            }
+                Err(why) => AuthOutcome::Challenge(format!("user '{name}': {why}")),
+            };
+        }
+        Some(Credentials::Basic { user, .. }) => {
+            let name = String::from_utf8_lossy(&user).into_owned();
+            why_not = format!("user '{name}': no {EVENT_HTTP_AUTH_BASIC} handler is registered")
         }
         Some(Credentials::Other(scheme)) => {
             why_not = format!("unsupported Proxy-Authorization scheme '{scheme}'")
@@ -408,9 +430,30 @@ pub async fn handle(
         meta.peer,
         auth.summary()
     );
-
-    let remote = match connect(&target, shared).await {
-        Ok(r) => r,
+    // Permissions and proxy_server_request, exactly as for SOCKS5.
+    let plan = match crate::policy::plan_connect(&target, &Arc::new(auth), &meta, shared).await {
+        Ok(p) => p,
+        Err(r) => {
+            let (status, reason) = status_for_reply(r.code);
+            let body = if r.is_denied() {
+                format!("CONNECT {target} is not allowed\n")
+            } else {
+                format!("cannot connect to {target}\n")
+            };
+            refuse(&mut io, t, &response(status, reason, &[], &body)).await?;
+            return Err(if r.is_denied() {
+                SessionError::Denied(r.reason)
+            } else {
+                SessionError::Connect {
+                    target: target.to_string(),
+                    code: r.code,
+                    reason: r.reason,
+                }
+            });
+        }
+    };
+    let remote = match crate::session::dial(&plan, None, shared).await {
+        Ok(d) => d.stream,
         Err(e) => {
             let code = match &e {
                 SessionError::Connect { code, .. } => *code,
@@ -427,23 +470,6 @@ pub async fn handle(
     crate::relay::relay_any(io, remote, &buf[n..], shared)
         .await
         .map_err(SessionError::Relay)
-}
-
-/// The destination directly, or through the listener's egress source.
-async fn connect(target: &TargetAddr, shared: &Shared) -> Result<EgressStream, SessionError> {
-    match &shared.config.egress {
-        None => crate::session::connect(target, None, shared)
-            .await
-            .map(EgressStream::Plain),
-        Some(egress) => match egress.connect(target, egress.connect_timeout).await {
-            Ok(up) => Ok(up.stream),
-            Err(e) => Err(SessionError::Connect {
-                target: target.to_string(),
-                code: e.code,
-                reason: format!("egress source '{}': {e}", egress.name),
-            }),
-        },
-    }
 }
 
 /// An error response, then a lingering close: stop writing and drain (bounded)

@@ -9,7 +9,10 @@
 //! - `http_connect` — HTTP CONNECT on the proxy listener (head parsing, Basic auth)
 //! - `http_server` — status/metrics listener (hyper): /metrics, /proxy/status, /proxy/listeners
 //! - `metrics`  — Prometheus exposition of listener counters and Lua event latency
-//! - `auth`     — AuthInfo, connection metadata, trusted hosts
+//! - `auth`     — AuthInfo, connection metadata, trusted hosts, check_credentials
+//! - `auth_http`, `auth_cache` — HTTP-delegated credentials; decision cache, failure delay
+//! - `permissions` — destination ACL patterns (pure)
+//! - `policy`   — permissions + `proxy_server_request` for each request
 //! - `pump`     — runtime -> host event queue (no Lua)
 //! - `dispatch` — host-thread handler calls (Lua)
 //! - `lua_api`  — the functions and objects Lua sees
@@ -19,6 +22,8 @@
 //! - `params`, `net`, `stats`, `signals`, `logging` — small shared pieces
 
 pub mod auth;
+pub mod auth_cache;
+pub mod auth_http;
 pub mod dispatch;
 pub mod egress;
 pub mod embed;
@@ -32,6 +37,8 @@ pub mod lua_http;
 pub mod metrics;
 pub mod net;
 pub mod params;
+pub mod permissions;
+pub mod policy;
 pub mod pump;
 pub mod relay;
 pub mod runtime;

@@ -46,6 +46,16 @@ pub struct Config {
     pub tls: Option<Arc<crate::tls::TlsServer>>,
     /// With a verified client certificate, still ask for RFC 1929 credentials.
     pub require_password: bool,
+    /// Credentials checked by an HTTP service instead of Lua.
+    pub auth_http: Option<Arc<crate::auth_http::AuthHttp>>,
+    pub auth_cache: Option<crate::auth_cache::CacheConfig>,
+    /// `None`: no delay after failed attempts.
+    pub auth_failure_delay: Option<crate::auth_cache::DelayConfig>,
+    /// Listener-level destination rules, applied to every session; includes the
+    /// private-destination denials unless `allow_private_destinations`.
+    pub permissions: Arc<crate::permissions::Permissions>,
+    /// BIND / policy source addresses; `None` = whatever the host can bind.
+    pub allowed_source_addresses: Option<Vec<ipnet::IpNet>>,
     /// Which protocols this port speaks; the client's first byte picks one.
     pub protocols: Protocols,
 }
@@ -98,6 +108,11 @@ impl Config {
             tls: None,
             require_password: false,
             protocols: Protocols::default(),
+            auth_http: None,
+            auth_cache: None,
+            auth_failure_delay: Some(crate::auth_cache::DelayConfig::default()),
+            permissions: Arc::new(crate::permissions::Permissions::private_destinations()),
+            allowed_source_addresses: None,
         }
     }
 }
@@ -113,6 +128,8 @@ pub struct Shared {
     /// Cancelled when the grace period ends: in-flight sessions are cut.
     pub abort: CancellationToken,
     pub accepting: AtomicBool,
+    /// Auth cache and failure delays (see `auth::check_credentials`).
+    pub auth: crate::auth::AuthState,
 }
 
 impl Shared {
@@ -127,8 +144,16 @@ pub fn start(process: &Process, config: Config) -> io::Result<Arc<Shared>> {
     let rt = process.runtime();
     let _enter = rt.enter();
     let listener = TcpListener::from_std(std_listener)?;
+    let auth = crate::auth::AuthState {
+        cache: config
+            .auth_cache
+            .clone()
+            .map(crate::auth_cache::AuthCache::new),
+        delay: crate::auth_cache::FailureDelay::new(config.auth_failure_delay.clone()),
+    };
     let shared = Arc::new(Shared {
         config,
+        auth,
         local_addr,
         stats: Stats::default(),
         pump: process.pump().clone(),

@@ -204,12 +204,110 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
         ));
     }
     c.protocols = crate::lua_http::protocols_param(&mut p)?;
+    auth_params(&mut p, &mut c)?;
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
     if listen.is_none() {
         return Err(missing_listen);
     }
     Ok(c)
+}
+
+/// auth_http, auth_cache, auth_failure_delay, permissions,
+/// allow_private_destinations, allowed_source_addresses.
+fn auth_params(p: &mut Params, c: &mut Config) -> mlua::Result<()> {
+    use crate::auth_cache::{CacheConfig, DelayConfig};
+    if let Some(mut h) = p.nested_dotted("auth_http")? {
+        let url = h.required_string("url")?;
+        let timeout = h.duration("timeout", crate::auth_http::DEFAULT_TIMEOUT)?;
+        let tls_ca = h.string("tls_ca")?.map(|s| PemSource::from_str(&s));
+        let mut headers = Vec::new();
+        match h.raw("headers")? {
+            Value::Nil => {}
+            Value::Table(t) => {
+                for pair in t.pairs::<Value, Value>() {
+                    match pair? {
+                        (Value::String(k), Value::String(v)) => {
+                            headers.push((k.to_string_lossy(), v.to_string_lossy()))
+                        }
+                        (k, _) => {
+                            return Err(h.key_err(
+                                "headers",
+                                format!(
+                                    "expected string names and values, got a {} key or value",
+                                    k.type_name()
+                                ),
+                            ))
+                        }
+                    }
+                }
+            }
+            other => {
+                return Err(h.key_err(
+                    "headers",
+                    format!("expected a table, got {}", other.type_name()),
+                ))
+            }
+        }
+        let http = crate::auth_http::AuthHttp::new(&url, timeout, tls_ca, headers)
+            .map_err(|e| h.key_err(&e.key, e.msg))?;
+        h.finish()?;
+        c.auth_http = Some(Arc::new(http));
+    }
+    if let Some(mut a) = p.nested_dotted("auth_cache")? {
+        let d = CacheConfig::default();
+        c.auth_cache = Some(CacheConfig {
+            ttl: a.duration("ttl", d.ttl)?,
+            negative_ttl: a.duration("negative_ttl", d.negative_ttl)?,
+            max_entries: a
+                .integer("max_entries", 1, 100_000_000)?
+                .map(|n| n as usize)
+                .unwrap_or(d.max_entries),
+        });
+        a.finish()?;
+    }
+    match p.raw("auth_failure_delay")? {
+        Value::Nil => {}
+        Value::Boolean(false) => c.auth_failure_delay = None,
+        Value::Table(_) => {
+            let mut a = p.nested_dotted("auth_failure_delay")?.expect("a table");
+            let d = DelayConfig::default();
+            let cfg = DelayConfig {
+                initial: a.duration("initial", d.initial)?,
+                max: a.duration("max", d.max)?,
+                forget_after: a.duration("forget_after", d.forget_after)?,
+            };
+            if cfg.max < cfg.initial {
+                return Err(a.key_err("max", "must be at least initial"));
+            }
+            a.finish()?;
+            c.auth_failure_delay = Some(cfg);
+        }
+        other => {
+            return Err(p.key_err(
+                "auth_failure_delay",
+                format!(
+                    "expected {{ initial, max, forget_after }} or false, got {}",
+                    other.type_name()
+                ),
+            ))
+        }
+    }
+    let allow_private = p.bool("allow_private_destinations", false)?;
+    let mut perms = if allow_private {
+        crate::permissions::Permissions::default()
+    } else {
+        crate::permissions::Permissions::private_destinations()
+    };
+    let v = p.raw("permissions")?;
+    if !v.is_nil() {
+        let given =
+            crate::dispatch::permissions_from_value(&v).map_err(|e| p.key_err("permissions", e))?;
+        perms.extend(&given);
+    }
+    c.permissions = Arc::new(perms);
+    c.allowed_source_addresses = p.ip_nets("allowed_source_addresses")?;
+    Ok(())
 }
 
 /// `use_tls` and its companions. TLS options without `use_tls` are an error:
@@ -389,6 +487,15 @@ impl UserData for LuaListener {
             .map_err(|e| err(format!("reload_tls: {e}")))?;
             tracing::info!("listener {}: TLS material reloaded", this.shared.local_addr);
             Ok(())
+        });
+        methods.add_method("flush_auth_cache", |_, this, ()| {
+            Ok(this
+                .check_pid()?
+                .auth
+                .cache
+                .as_ref()
+                .map(|c| c.flush())
+                .unwrap_or(0))
         });
         methods.add_method("close", |_, this, ()| {
             this.check_pid()?.close();

@@ -20,8 +20,57 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub fn register(lua: &Lua, m: &Table) -> mlua::Result<()> {
     m.set(
         "make_egress_source",
-        lua.create_function(|_, v: Value| make_egress_source(v))?,
+        lua.create_function(|lua, v: Value| {
+            let src = make_egress_source(v)?;
+            let name = src.source.name.clone();
+            let ud = lua.create_userdata(src)?;
+            by_name(lua)?.raw_set(name, &ud)?;
+            Ok(ud)
+        })?,
     )
+}
+
+const BY_NAME_KEY: &str = "kumoproxy.egress_sources";
+
+/// Sources by name for `egress_source = 'name'` in policy replies: the latest
+/// one made with a name wins. Weak values: a source nobody holds can go away.
+fn by_name(lua: &Lua) -> mlua::Result<Table> {
+    if let Value::Table(t) = lua.named_registry_value::<Value>(BY_NAME_KEY)? {
+        return Ok(t);
+    }
+    let t = lua.create_table()?;
+    let mt = lua.create_table()?;
+    mt.set("__mode", "v")?;
+    t.set_metatable(Some(mt))?;
+    lua.set_named_registry_value(BY_NAME_KEY, &t)?;
+    Ok(t)
+}
+
+/// An egress source object, or the name of one made earlier in this Lua state.
+pub fn source_from_value(lua: &Lua, v: &Value) -> Result<Arc<EgressSource>, String> {
+    match v {
+        Value::UserData(ud) => ud
+            .borrow::<LuaEgressSource>()
+            .map(|s| s.source.clone())
+            .map_err(|_| "expected an egress source or its name".to_string()),
+        Value::String(s) => {
+            let name = s.to_string_lossy();
+            match by_name(lua)
+                .and_then(|t| t.raw_get::<Value>(name.as_str()))
+                .map_err(|e| e.to_string())?
+            {
+                Value::UserData(ud) => ud
+                    .borrow::<LuaEgressSource>()
+                    .map(|s| s.source.clone())
+                    .map_err(|e| e.to_string()),
+                _ => Err(format!("no egress source named '{name}'")),
+            }
+        }
+        other => Err(format!(
+            "expected an egress source or its name, got {}",
+            other.type_name()
+        )),
+    }
 }
 
 /// `egress_source = src` in another function's parameters (start_proxy_listener).

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 pub struct Params {
     ctx: String,
+    /// Between `ctx` and a key in messages: ": ", or "." for dotted nested keys.
+    sep: &'static str,
     table: Table,
     seen: HashSet<String>,
 }
@@ -26,6 +28,7 @@ impl Params {
         match value {
             Value::Table(table) => Ok(Params {
                 ctx: ctx.to_string(),
+                sep: ": ",
                 table,
                 seen: HashSet::new(),
             }),
@@ -38,7 +41,7 @@ impl Params {
     }
 
     pub fn key_err(&self, key: &str, msg: impl std::fmt::Display) -> mlua::Error {
-        err(format!("{}: {key}: {msg}", self.ctx))
+        err(format!("{}{}{key}: {msg}", self.ctx, self.sep))
     }
 
     pub fn raw(&mut self, key: &str) -> mlua::Result<Value> {
@@ -174,6 +177,16 @@ impl Params {
             v @ Value::Table(_) => Ok(Some(Params::new(&format!("{}: {key}", self.ctx), v)?)),
             other => Err(self.key_err(key, format!("expected a table, got {}", other.type_name()))),
         }
+    }
+
+    /// Like [`Params::nested`], but errors name keys as `parent.key`
+    /// (e.g. `start_proxy_listener: auth_http.url: ...`).
+    pub fn nested_dotted(&mut self, key: &str) -> mlua::Result<Option<Params>> {
+        Ok(self.nested(key)?.map(|mut p| {
+            p.ctx = format!("{}: {key}", self.ctx);
+            p.sep = ".";
+            p
+        }))
     }
 
     /// Rejects keys nobody read: a typo must not silently fall back to a default.

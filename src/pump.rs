@@ -38,6 +38,13 @@ pub enum Event {
         meta: Arc<ConnMeta>,
         reply: oneshot::Sender<crate::http_connect::BasicVerdict>,
     },
+    /// `proxy_server_request(request, auth_info, conn_meta)`
+    Request {
+        request: crate::policy::RequestInfo,
+        auth: Arc<AuthInfo>,
+        meta: Arc<ConnMeta>,
+        reply: oneshot::Sender<crate::policy::RequestVerdict>,
+    },
 }
 
 impl Event {
@@ -45,6 +52,7 @@ impl Event {
         match self {
             Event::AuthRfc1929 { .. } => EVENT_AUTH_RFC1929,
             Event::HttpAuthBasic { .. } => EVENT_HTTP_AUTH_BASIC,
+            Event::Request { .. } => EVENT_REQUEST,
         }
     }
 
@@ -53,15 +61,17 @@ impl Event {
         match self {
             Event::AuthRfc1929 { reply, .. } => reply.is_closed(),
             Event::HttpAuthBasic { reply, .. } => reply.is_closed(),
+            Event::Request { reply, .. } => reply.is_closed(),
         }
     }
 }
 
 pub const EVENT_AUTH_RFC1929: &str = "proxy_server_auth_rfc1929";
 pub const EVENT_HTTP_AUTH_BASIC: &str = "http_server_validate_auth_basic";
+pub const EVENT_REQUEST: &str = "proxy_server_request";
 
 /// Every event name `kumoproxy.on` accepts, with its bit in [`registered`].
-pub const EVENTS: &[&str] = &[EVENT_AUTH_RFC1929, EVENT_HTTP_AUTH_BASIC];
+pub const EVENTS: &[&str] = &[EVENT_AUTH_RFC1929, EVENT_HTTP_AUTH_BASIC, EVENT_REQUEST];
 
 /// Which events have a Lua handler. Process-global and lock-free, so it stays
 /// valid across fork and runtime tasks can read it without asking the host.

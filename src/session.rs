@@ -9,13 +9,14 @@ use crate::auth::{AuthInfo, ConnMeta, Identity, CONTEXT_TLS_CLIENT, CONTEXT_TRUS
 use crate::egress::EgressStream;
 use crate::listener::Shared;
 use crate::net::{within, LocalAddr, PeerAddr};
-use crate::pump::{Event, EVENT_AUTH_RFC1929};
+use crate::policy::{self, Plan, Refusal};
+use crate::pump::EVENT_AUTH_RFC1929;
 use crate::socks5::{self, method, reply, CodecError, Command, Reply, TargetAddr};
 use crate::stats::Stats;
 use crate::stream::ClientStream;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -29,6 +30,8 @@ pub enum SessionError {
     Auth(String),
     /// A request we answered with a failure reply (unsupported, out of order, ...).
     Refused(String),
+    /// Refused by permissions or the request policy: reply 0x02.
+    Denied(String),
     Connect {
         target: String,
         code: u8,
@@ -58,6 +61,7 @@ impl fmt::Display for SessionError {
             SessionError::Protocol(what, e) => write!(f, "malformed {what}: {e}"),
             SessionError::Auth(why) => write!(f, "authentication failed: {why}"),
             SessionError::Refused(why) => write!(f, "request refused: {why}"),
+            SessionError::Denied(why) => write!(f, "request denied: {why}"),
             SessionError::Connect {
                 target,
                 code,
@@ -136,6 +140,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             }
             if e.is_timeout() {
                 Stats::inc(&stats.timeouts);
+            }
+            if matches!(e, SessionError::Denied(_)) {
+                Stats::inc(&stats.denied);
             }
             match e {
                 // Client resets mid-transfer are routine; keep them out of warn.
@@ -246,7 +253,7 @@ async fn handle(
         return crate::http_connect::handle(io, buf, meta, shared).await;
     }
     let greeting = conn.read("greeting", socks5::parse_greeting).await?;
-    let auth = authenticate(&mut conn, &greeting, meta, shared).await?;
+    let auth = Arc::new(authenticate(&mut conn, &greeting, meta, shared).await?);
     tracing::debug!(
         "session from {}: authenticated as {}",
         meta.peer,
@@ -268,11 +275,12 @@ async fn handle(
         };
         match req.command {
             Command::Bind => {
-                let refuse = |why: String| SessionError::Refused(why);
                 let source = match (&bound, &req.target) {
-                    (Some(_), _) => Err(refuse("second BIND on one connection".into())),
+                    (Some(_), _) => Err(SessionError::Refused(
+                        "second BIND on one connection".into(),
+                    )),
                     (None, TargetAddr::Ip(a)) if a.port() == 0 => Ok(*a),
-                    (None, t) => Err(refuse(format!(
+                    (None, t) => Err(SessionError::Refused(format!(
                         "BIND {t}: only BIND <ip>:0 (source address selection) is supported"
                     ))),
                 };
@@ -287,6 +295,10 @@ async fn handle(
                         conn.reply(&Reply::failure(code)).await?;
                         return Err(e);
                     }
+                };
+                let source = match policy::plan_bind(source, &auth, meta, shared).await {
+                    Ok(s) => s,
+                    Err(r) => return Err(refuse(&mut conn, r, &req.target).await),
                 };
                 match bind_source(source) {
                     Ok((sock, addr)) => {
@@ -303,12 +315,12 @@ async fn handle(
                 }
             }
             Command::Connect => {
-                if let Some(egress) = &shared.config.egress {
-                    let chose_source = bound.is_some();
-                    return connect_upstream(conn, &req.target, chose_source, egress, shared).await;
-                }
-                let remote = match connect(&req.target, bound.take(), shared).await {
-                    Ok(r) => r,
+                let plan = match policy::plan_connect(&req.target, &auth, meta, shared).await {
+                    Ok(p) => p,
+                    Err(r) => return Err(refuse(&mut conn, r, &req.target).await),
+                };
+                let dialed = match dial(&plan, bound.take(), shared).await {
+                    Ok(d) => d,
                     Err(e) => {
                         if let SessionError::Connect { code, .. } = &e {
                             conn.reply(&Reply::failure(*code)).await?;
@@ -316,17 +328,15 @@ async fn handle(
                         return Err(e);
                     }
                 };
-                let bound_addr = remote
-                    .local_addr()
-                    .map_err(|e| SessionError::Io("reading bound address", e))?;
+                let bound_addr = dialed.bound;
                 conn.reply(&Reply::success(bound_addr)).await?;
                 tracing::debug!(
                     "session from {}: connected to {} from {bound_addr}",
                     meta.peer,
-                    req.target
+                    plan.target
                 );
                 let Framed { io, buf, .. } = conn;
-                return crate::relay::relay_any(io, EgressStream::Plain(remote), &buf, shared)
+                return crate::relay::relay_any(io, dialed.stream, &buf, shared)
                     .await
                     .map_err(SessionError::Relay);
             }
@@ -359,10 +369,12 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         .and_then(|c| c.name())
         .map(str::to_string);
     let cert_suffices = cert_name.is_some() && !cfg.require_password;
+    // auth_http stands in for the Lua handler: Lua is not consulted then.
+    let checker = handler || cfg.auth_http.is_some();
     let chosen = if cert_suffices && greeting.offers(method::NO_AUTH) {
         // The certificate already says who this is; no password round trip.
         method::NO_AUTH
-    } else if greeting.offers(method::USERNAME_PASSWORD) && (handler || cfg.require_auth) {
+    } else if greeting.offers(method::USERNAME_PASSWORD) && (checker || cfg.require_auth) {
         method::USERNAME_PASSWORD
     } else if greeting.offers(method::NO_AUTH) && ((!cfg.require_auth && trusted) || cert_suffices)
     {
@@ -401,11 +413,8 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(e) => return Err(e),
             };
             let user = String::from_utf8_lossy(&creds.username).into_owned();
-            let verdict = if handler {
-                ask_auth(creds, meta, shared).await
-            } else {
-                Err(format!("no {EVENT_AUTH_RFC1929} handler is registered"))
-            };
+            let verdict =
+                crate::auth::check_rfc1929(creds.username, creds.password, meta, shared).await;
             conn.write(
                 "sending auth status",
                 &socks5::encode_auth_status(verdict.is_ok()),
@@ -425,24 +434,23 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn ask_auth(
-    creds: socks5::UserPass,
-    meta: &Arc<ConnMeta>,
-    shared: &Shared,
-) -> Result<AuthInfo, String> {
-    let ask = shared.pump.ask(|reply| Event::AuthRfc1929 {
-        username: creds.username,
-        password: creds.password,
-        meta: meta.clone(),
-        reply,
-    });
-    match tokio::time::timeout(shared.config.timeout, ask).await {
-        Ok(Ok(verdict)) => verdict,
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "no decision from the {EVENT_AUTH_RFC1929} handler within {:?} (is the host pumping events?)",
-            shared.config.timeout
-        )),
+/// Sends the failure reply for a refused request and returns the session error.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Framed<S>,
+    r: Refusal,
+    target: &TargetAddr,
+) -> SessionError {
+    if let Err(e) = conn.reply(&Reply::failure(r.code)).await {
+        return e;
+    }
+    if r.is_denied() {
+        SessionError::Denied(r.reason)
+    } else {
+        SessionError::Connect {
+            target: target.to_string(),
+            code: r.code,
+            reason: r.reason,
+        }
     }
 }
 
@@ -457,13 +465,16 @@ fn bind_source(source: SocketAddr) -> io::Result<(TcpSocket, SocketAddr)> {
     Ok((sock, addr))
 }
 
-/// Resolves the target and tries each address in turn, all within `timeout`.
-pub(crate) async fn connect(
+/// Tries each checked address in turn, all within `t`, from the BIND-chosen
+/// socket or `source` when given.
+async fn connect(
     target: &TargetAddr,
+    addrs: &[SocketAddr],
     mut bound: Option<TcpSocket>,
+    source: Option<IpAddr>,
+    t: Duration,
     shared: &Shared,
 ) -> Result<TcpStream, SessionError> {
-    let t = shared.config.timeout;
     let fail = |code: u8, reason: String| SessionError::Connect {
         target: target.to_string(),
         code,
@@ -476,11 +487,24 @@ pub(crate) async fn connect(
                 s.local_addr()
                     .map_err(|e| fail(reply::GENERAL_FAILURE, e.to_string()))?,
             ),
-            None => None,
+            None => source.map(|ip| SocketAddr::new(ip, 0)),
         };
-        let addrs = crate::net::resolve(target, source.map(|s| s.ip()))
-            .await
-            .map_err(|(code, reason)| fail(code, reason))?;
+        let mut addrs = addrs.to_vec();
+        if let Some(src) = source {
+            addrs.retain(|a| a.is_ipv4() == src.is_ipv4());
+            if addrs.is_empty() {
+                return Err(fail(
+                    reply::ADDRESS_TYPE_NOT_SUPPORTED,
+                    format!("no address of the source address family ({src})"),
+                ));
+            }
+        }
+        if addrs.is_empty() {
+            return Err(fail(
+                reply::HOST_UNREACHABLE,
+                "name has no addresses".into(),
+            ));
+        }
         let mut last = None;
         for addr in addrs {
             let sock = match bound.take() {
@@ -523,42 +547,68 @@ fn new_socket(addr: SocketAddr, source: Option<SocketAddr>) -> io::Result<TcpSoc
     Ok(sock)
 }
 
-/// Upstream chaining: the destination is reached through the listener's egress
-/// source; the client's reply carries the address the upstream reported.
-async fn connect_upstream(
-    mut conn: Framed<ClientStream>,
-    target: &TargetAddr,
-    chose_source: bool,
-    egress: &crate::egress::EgressSource,
+/// A connected destination, and the address to report as bound.
+pub(crate) struct Dialed {
+    pub stream: EgressStream,
+    pub bound: SocketAddr,
+}
+
+/// Connects a checked plan (see `policy::plan_connect`) for any front-end:
+/// through its egress source (an upstream proxy resolves the name; a direct
+/// source dials the checked addresses from its own address), else directly,
+/// from the BIND-chosen socket or the policy's source address. Errors are
+/// `SessionError::Connect` carrying the reply code.
+pub(crate) async fn dial(
+    plan: &Plan,
+    mut bound: Option<TcpSocket>,
     shared: &Shared,
-) -> Result<(), SessionError> {
-    if chose_source {
-        // The egress source decides where connections leave from; a BIND-chosen
-        // source cannot be honoured, and ignoring it would send from the wrong IP.
-        conn.reply(&Reply::failure(reply::NOT_ALLOWED)).await?;
-        return Err(SessionError::Refused(format!(
-            "CONNECT {target}: source address selection (BIND) is not available through egress source '{}'",
-            egress.name
-        )));
-    }
-    let up = match egress.connect(target, egress.connect_timeout).await {
-        Ok(up) => up,
-        Err(e) => {
-            conn.reply(&Reply::failure(e.code)).await?;
+) -> Result<Dialed, SessionError> {
+    let mut timeout = shared.config.timeout;
+    let mut source = plan.source;
+    if let Some(egress) = &plan.egress {
+        if bound.is_some() || plan.source.is_some() {
+            // The egress source decides where connections leave from; a chosen
+            // source cannot be honoured, and ignoring it would send from the wrong IP.
             return Err(SessionError::Connect {
-                target: target.to_string(),
-                code: e.code,
-                reason: format!("egress source '{}': {e}", egress.name),
+                target: plan.target.to_string(),
+                code: reply::NOT_ALLOWED,
+                reason: format!(
+                    "source address selection (BIND or source_address) is not available through egress source '{}'",
+                    egress.name
+                ),
             });
         }
-    };
-    let bound = match &up.proxy_bound {
-        Some(TargetAddr::Ip(a)) => *a,
-        _ => up.local,
-    };
-    conn.reply(&Reply::success(bound)).await?;
-    let Framed { io, buf, .. } = conn;
-    crate::relay::relay_any(io, up.stream, &buf, shared)
-        .await
-        .map_err(SessionError::Relay)
+        if egress.proxy.is_some() {
+            let up = egress
+                .connect(&plan.target, egress.connect_timeout)
+                .await
+                .map_err(|e| SessionError::Connect {
+                    target: plan.target.to_string(),
+                    code: e.code,
+                    reason: format!("egress source '{}': {e}", egress.name),
+                })?;
+            let bound = match &up.proxy_bound {
+                Some(TargetAddr::Ip(a)) => *a,
+                _ => up.local,
+            };
+            return Ok(Dialed {
+                stream: up.stream,
+                bound,
+            });
+        }
+        source = egress.source_address;
+        timeout = egress.connect_timeout;
+    }
+    if source.is_some() {
+        // The policy's source address replaces a BIND-chosen one.
+        bound = None;
+    }
+    let remote = connect(&plan.target, &plan.addrs, bound, source, timeout, shared).await?;
+    let bound = remote
+        .local_addr()
+        .map_err(|e| SessionError::Io("reading bound address", e))?;
+    Ok(Dialed {
+        stream: EgressStream::Plain(remote),
+        bound,
+    })
 }

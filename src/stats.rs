@@ -11,6 +11,8 @@ pub struct Stats {
     pub failed: AtomicU64,
     pub rejected: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Requests refused by permissions or the request policy (reply 0x02).
+    pub denied: AtomicU64,
     pub timeouts: AtomicU64,
     pub bytes_to_remote: AtomicU64,
     pub bytes_to_client: AtomicU64,
@@ -27,6 +29,7 @@ impl Stats {
             ("failed", self.failed.load(Relaxed)),
             ("rejected", self.rejected.load(Relaxed)),
             ("auth_failures", self.auth_failures.load(Relaxed)),
+            ("denied", self.denied.load(Relaxed)),
             ("timeouts", self.timeouts.load(Relaxed)),
             ("bytes_to_remote", self.bytes_to_remote.load(Relaxed)),
             ("bytes_to_client", self.bytes_to_client.load(Relaxed)),
