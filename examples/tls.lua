@@ -25,6 +25,9 @@ local listener = kumoproxy.start_proxy_listener {
   hostname = 'localhost',
   tls_client_ca = client_ca,   -- nil: no client certificates asked for
   require_auth = true,         -- a verified client certificate satisfies this
+  -- The demo (and its test) reach services on 127.0.0.1; loopback, link-local
+  -- and 169.254.169.254 are denied by default: leave this out in production.
+  allow_private_destinations = true,
 }
 print('proxy listener (TLS) on ' .. listener:local_addr())
 if not cert then

@@ -454,16 +454,16 @@ describe("TLS to the module's own TLS listener", function()
   end
 
   it('trusts its self-signed certificate through the CA option', function()
-    local l = H.listener { use_tls = true, hostname = 'proxy.test' }
+    local l = H.listener { allow_private_destinations = true, use_tls = true, hostname = 'proxy.test' }
     local pem = assert(l:certificate_pem())
     echo_once(src_for(l, { socks5_proxy_tls_ca = pem, socks5_proxy_tls_server_name = 'proxy.test' }))
     l:close()
   end)
 
   it('connects insecurely, and refuses a wrong CA or name', function()
-    local l = H.listener { use_tls = true, hostname = 'proxy.test' }
+    local l = H.listener { allow_private_destinations = true, use_tls = true, hostname = 'proxy.test' }
     echo_once(src_for(l, { socks5_proxy_tls_insecure = true }))
-    local other = H.listener { use_tls = true, hostname = 'proxy.test' }
+    local other = H.listener { allow_private_destinations = true, use_tls = true, hostname = 'proxy.test' }
     for _, extra in ipairs {
       { socks5_proxy_tls_ca = other:certificate_pem(), socks5_proxy_tls_server_name = 'proxy.test' },
       { socks5_proxy_tls_ca = l:certificate_pem(), socks5_proxy_tls_server_name = 'other.test' },
@@ -477,7 +477,7 @@ describe("TLS to the module's own TLS listener", function()
   end)
 
   it('authenticates with credentials inside TLS, wrong ones refused', function()
-    local l = H.listener { use_tls = true, hostname = 'proxy.test', require_auth = true }
+    local l = H.listener { allow_private_destinations = true, use_tls = true, hostname = 'proxy.test', require_auth = true }
     kp.on(AUTH, function(user, pass) return user == 'carol' and pass == 'tls-pw' end)
     local base = { socks5_proxy_tls_ca = l:certificate_pem(), socks5_proxy_tls_server_name = 'proxy.test',
       socks5_proxy_username = 'carol' }
@@ -685,10 +685,10 @@ describe('upstream chaining: listener -> egress source -> listener', function()
   end)
 
   it('relays a TLS client leg to a TLS upstream leg', function()
-    local back = H.listener { use_tls = true, hostname = 'back.test' }
+    local back = H.listener { allow_private_destinations = true, use_tls = true, hostname = 'back.test' }
     local up = kp.make_egress_source { name = 'back', socks5_proxy_server = back:local_addr(),
       socks5_proxy_tls = true, socks5_proxy_tls_ca = back:certificate_pem(), socks5_proxy_tls_server_name = 'back.test' }
-    local front = H.listener { use_tls = true, hostname = 'front.test', egress_source = up }
+    local front = H.listener { allow_private_destinations = true, use_tls = true, hostname = 'front.test', egress_source = up }
     local client = kp.make_egress_source { name = 'client', socks5_proxy_server = front:local_addr(),
       socks5_proxy_tls = true, socks5_proxy_tls_ca = front:certificate_pem(), socks5_proxy_tls_server_name = 'front.test' }
     local conn = must(client:connect('127.0.0.1', origin.echo))

@@ -84,6 +84,7 @@ describe('TLS listener', function()
       l:close()
     end
     local l = H.listener {
+     allow_private_destinations = true,
       allow_private_destinations = true,
       use_tls = true,
       tls_certificate = read(f('server.pem')),
@@ -115,6 +116,7 @@ describe('TLS listener', function()
 
   it('accepts a client certificate from the CA and shows its identity to Lua', function()
     local l = H.listener {
+     allow_private_destinations = true,
       allow_private_destinations = true,
       use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key'),
       tls_client_ca = f('ca1.pem'), require_auth = true, require_password = true, trusted_hosts = {},
@@ -135,6 +137,7 @@ describe('TLS listener', function()
 
   it('lets a verified client certificate stand in for a password under require_auth', function()
     local l = H.listener {
+     allow_private_destinations = true,
       allow_private_destinations = true,
       use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key'),
       tls_client_ca = f('ca1.pem'), require_auth = true, trusted_hosts = {},
@@ -148,6 +151,7 @@ describe('TLS listener', function()
 
   it('refuses clients without a certificate or with one from another CA', function()
     local l = H.listener {
+     allow_private_destinations = true,
       allow_private_destinations = true,
       use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key'),
       tls_client_ca = f('ca1.pem'), require_auth = true, trusted_hosts = {},
@@ -170,6 +174,7 @@ describe('TLS listener', function()
 
   it("tls_client_auth = 'optional' admits clients without a certificate", function()
     local l = H.listener {
+     allow_private_destinations = true,
       allow_private_destinations = true,
       use_tls = true, tls_certificate = f('server.pem'), tls_private_key = f('server.key'),
       tls_client_ca = f('ca1.pem'), tls_client_auth = 'optional',
