@@ -489,6 +489,7 @@ describe('auth_cache', function()
 
   it('caches auth_http decisions (counted at the service)', function()
     local svc = start_auth_service(origin.http)
+    finally(svc.stop)
     local l = H.listener { require_auth = true, allow_private_destinations = true,
       auth_http = { url = svc.url('/check') }, auth_cache = {} }
     assert.is_true(try(l, 'bob', 'hunter2'))
@@ -500,7 +501,6 @@ describe('auth_cache', function()
     assert.is_true(try(l, 'bob', 'hunter2'))
     assert.are.equal(3, svc.calls('/check'))
     l:close()
-    svc.stop()
   end)
 
   it('names bad settings', function()
@@ -516,6 +516,13 @@ describe('auth_failure_delay', function()
   it('delays a failing peer progressively without blocking other peers', function()
     local origin = H.start_origin()
     local svc = start_auth_service(origin.http)
+    local slow
+    -- A helper left running would keep this process from exiting.
+    finally(function()
+      if slow then slow:close() end
+      svc.stop()
+      origin.stop()
+    end)
     -- auth_http: no Lua on the path, so this thread may block reading a pipe.
     local l = H.listener { require_auth = true, trusted_hosts = {}, allow_private_destinations = true,
       auth_http = { url = svc.url('/check') },
@@ -525,21 +532,19 @@ describe('auth_failure_delay', function()
     local rc = curl(l:local_addr(), 'bob:wrong', url)
     assert.are.equal(97, rc)
     -- The next attempt from 127.0.0.1 waits before it is even checked.
-    local slow = assert(io.popen(('curl -sS --max-time 30 --socks5 bob:hunter2@%s %s 2>&1; echo "rc=$?"'):format(l:local_addr(), url)))
+    slow = assert(io.popen(('curl -sS --max-time 30 --socks5 bob:hunter2@%s %s 2>&1; echo "rc=$?"'):format(l:local_addr(), url)))
     H.eventually(function() return l:stats().active == 1 end, 10, 'delayed session accepted')
     -- Another peer (127.0.0.2) is served meanwhile.
     local rc2, out2, err2 = curl(l:local_addr(), 'bob:hunter2', url, { '--interface', '127.0.0.2' })
     assert.are.equal(0, rc2, err2)
     assert.are.equal('hello from origin\n', out2)
-    local s = l:stats()
-    assert.are.equal(1, s.completed)
-    assert.are.equal(1, s.active, 'the delayed attempt is still waiting')
+    H.eventually(function() return l:stats().completed == 1 end, 10, 'the other peer done')
+    assert.are.equal(1, l:stats().active, 'the delayed attempt is still waiting')
     -- The delayed one goes through in the end (right password).
     local res = slow:read('*a')
     slow:close()
+    slow = nil
     assert.matches('hello from origin\nrc=0', res)
     l:close()
-    svc.stop()
-    origin.stop()
   end)
 end)
