@@ -11,6 +11,9 @@ end)
 local listener = kumoproxy.start_proxy_listener {
   listen = os.getenv('KUMOPROXY_LISTEN') or '127.0.0.1:1080',
   require_auth = true,
+  -- Demo: lets clients reach services on this machine. Loopback, link-local and
+  -- 169.254.169.254 are denied by default: leave this out in production.
+  allow_private_destinations = true,
 }
 print('proxy listener on ' .. listener:local_addr())
 
