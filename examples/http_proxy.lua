@@ -23,6 +23,9 @@ local proxy = kumoproxy.start_proxy_listener {
   listen = '127.0.0.1:0',
   protocols = { 'socks5', 'http' },
   trusted_hosts = {},
+  -- The demo tunnels to the status listener on 127.0.0.1. Loopback, link-local
+  -- and 169.254.169.254 are denied by default: leave this out in production.
+  allow_private_destinations = true,
 }
 
 -- 3. The status listener: /metrics, /proxy/status, /proxy/listeners.

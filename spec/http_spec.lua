@@ -78,14 +78,14 @@ describe('HTTP CONNECT on the proxy listener', function()
     assert.matches('start_proxy_listener: protocols: must be a non-empty list', e {}, 1, true)
     assert.matches('start_proxy_listener: protocols: must be a non-empty list', e { http = true }, 1, true)
     -- The default stays SOCKS5 only: an HTTP client gets nothing it can parse.
-    local l = H.listener {}
+    local l = H.listener { allow_private_destinations = true }
     local resp = raw(l:local_addr(), 'CONNECT 127.0.0.1:1 HTTP/1.1\r\n\r\n')
     assert.is_nil(resp:match('^HTTP/'))
     l:close()
   end)
 
   it('tunnels curl with Basic credentials through http_server_validate_auth_basic', function()
-    local l = H.listener { protocols = { 'socks5', 'http' }, trusted_hosts = {} }
+    local l = H.listener { allow_private_destinations = true, protocols = { 'socks5', 'http' }, trusted_hosts = {} }
     local seen = {}
     kp.on(AUTH, function(user, password, meta)
       seen[#seen + 1] = { user = user, password = password, peer = meta.peer_address, loc = meta.local_address }
@@ -121,7 +121,7 @@ describe('HTTP CONNECT on the proxy listener', function()
   end)
 
   it('passes an empty or missing password as "" or nil', function()
-    local l = H.listener { protocols = { 'http' }, trusted_hosts = {} }
+    local l = H.listener { allow_private_destinations = true, protocols = { 'http' }, trusted_hosts = {} }
     local got
     kp.on(AUTH, function(user, password)
       got = { user = user, password = password }
@@ -147,7 +147,7 @@ describe('HTTP CONNECT on the proxy listener', function()
   end)
 
   it('answers 500 when the handler errors or returns a non-boolean', function()
-    local l = H.listener { protocols = { 'socks5', 'http' }, trusted_hosts = {} }
+    local l = H.listener { allow_private_destinations = true, protocols = { 'socks5', 'http' }, trusted_hosts = {} }
     kp.on(AUTH, function(user)
       if user == 'boom' then error('handler exploded') end
       return 'yes'
@@ -170,7 +170,7 @@ describe('HTTP CONNECT on the proxy listener', function()
         if user == 'boom' then error('handler exploded') end
         return false
       end)
-      local l = kp.start_proxy_listener { listen = '127.0.0.1:0', protocols = { 'http' }, trusted_hosts = {} }
+      local l = kp.start_proxy_listener { listen = '127.0.0.1:0', protocols = { 'http' }, trusted_hosts = {}, allow_private_destinations = true }
       for _, creds in ipairs { 'boom:pw-secret-1', 'bob:pw-secret-2' } do
         local out = kp.run_command(('curl -sS -o /dev/null -w "%%%%{http_connect}" -x http://%%s@%%s --proxytunnel http://127.0.0.1:%d/')
           :format(creds, l:local_addr()))
@@ -189,19 +189,19 @@ describe('HTTP CONNECT on the proxy listener', function()
   end)
 
   it('lets trusted hosts in without credentials, unless require_auth', function()
-    local l = H.listener { protocols = { 'socks5', 'http' } }   -- default: loopback trusted
+    local l = H.listener { allow_private_destinations = true, protocols = { 'socks5', 'http' } }   -- default: loopback trusted
     local code, rc, body = curl_connect('http://' .. l:local_addr(), url())
     assert.are.equal(0, rc)
     assert.are.equal(200, code)
     assert.are.equal('hello from origin\n', body)
     l:close()
-    l = H.listener { protocols = { 'socks5', 'http' }, require_auth = true }
+    l = H.listener { allow_private_destinations = true, protocols = { 'socks5', 'http' }, require_auth = true }
     assert.are.equal(407, (curl_connect('http://' .. l:local_addr(), url())))
     l:close()
   end)
 
   it('answers 405, 400 and 431 and keeps serving', function()
-    local l = H.listener { protocols = { 'socks5', 'http' } }
+    local l = H.listener { allow_private_destinations = true, protocols = { 'socks5', 'http' } }
     local a = l:local_addr()
     local resp = raw(a, ('GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\n\r\n'):format(origin.http))
     assert.are.equal(405, status_of(resp))
@@ -227,7 +227,7 @@ describe('HTTP CONNECT on the proxy listener', function()
   end)
 
   it('serves SOCKS5 and HTTP clients on the same port at once', function()
-    local l = H.listener { protocols = { 'socks5', 'http' } }
+    local l = H.listener { allow_private_destinations = true, protocols = { 'socks5', 'http' } }
     local a = l:local_addr()
     -- Two tunnels held open together, one of each protocol.
     local s5 = assert(H.socks_connect(a, '127.0.0.1', origin.echo))
@@ -255,7 +255,7 @@ describe('HTTP CONNECT on the proxy listener', function()
   end)
 
   it('an HTTP-only port answers a SOCKS5 greeting with 400', function()
-    local l = H.listener { protocols = { 'http' } }
+    local l = H.listener { allow_private_destinations = true, protocols = { 'http' } }
     local resp = raw(l:local_addr(), '\5\1\0')
     assert.are.equal(400, status_of(resp))
     l:close()
@@ -263,6 +263,7 @@ describe('HTTP CONNECT on the proxy listener', function()
 
   it('serves curl --proxy https:// inside TLS, and SOCKS5 on the same TLS port', function()
     local l = H.listener {
+      allow_private_destinations = true,
       protocols = { 'socks5', 'http' },
       use_tls = true, tls_certificate = pki .. '/server.pem', tls_private_key = pki .. '/server.key',
     }
@@ -343,7 +344,7 @@ describe('start_http_listener', function()
   end)
 
   it('exports metrics whose counters follow the sessions', function()
-    local p = H.listener { protocols = { 'socks5', 'http' }, trusted_hosts = {} }
+    local p = H.listener { allow_private_destinations = true, protocols = { 'socks5', 'http' }, trusted_hosts = {} }
     local s = kp.start_http_listener { listen = '127.0.0.1:0' }
     local lbl = ('{listener="%s"}'):format(p:local_addr())
     local code, text = get(s, '/metrics')
@@ -386,7 +387,7 @@ describe('start_http_listener', function()
   end)
 
   it('lists listeners with their protocols and stats', function()
-    local p = H.listener { protocols = { 'socks5', 'http' }, use_tls = true }
+    local p = H.listener { allow_private_destinations = true, protocols = { 'socks5', 'http' }, use_tls = true }
     local s = kp.start_http_listener { listen = '127.0.0.1:0' }
     local code, body = get(s, '/proxy/listeners')
     assert.are.equal(200, code)
