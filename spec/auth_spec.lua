@@ -548,3 +548,38 @@ describe('auth_failure_delay', function()
     l:close()
   end)
 end)
+
+describe('examples/auth_http.lua', function()
+  it('serves curl with a login checked by the HTTP service, then stops on SIGTERM', function()
+    local origin = H.start_origin()
+    local svc = start_auth_service(origin.http)
+    finally(function()
+      svc.stop()
+      origin.stop()
+    end)
+    local script = [[
+      coproc P { KUMOPROXY_LOG=warn KUMOPROXY_LISTEN=127.0.0.1:0 AUTH_URL="$1" exec "$0" examples/auth_http.lua 2>&1; }
+      pid=$P_PID
+      # Our own copy of the pipe: bash drops P once the example has exited.
+      exec 3<&"${P[0]}"
+      while read -r line <&3; do
+        echo "$line"
+        case $line in "proxy listener on "*) addr=${line#proxy listener on }; break ;; esac
+      done
+      curl -sS --max-time 10 --socks5 "alice:secret@$addr" "http://127.0.0.1:$2/"; echo "ok=$?"
+      curl -sS --max-time 10 --socks5 "alice:wrong@$addr" "http://127.0.0.1:$2/" 2>/dev/null; echo "wrong=$?"
+      curl -sS --max-time 10 --socks5 "alice:secret@$addr" "http://127.0.0.1:$3/" 2>/dev/null; echo "other=$?"
+      kill -TERM "$pid"
+      cat <&3
+      wait "$pid"
+    ]]
+    local out, rc, err = H.sh({ 'bash', '-c', script, H.lua, svc.url('/check'), tostring(origin.http), tostring(origin.echo) }, { timeout = 60 })
+    assert.are.equal(0, rc, out .. err)
+    assert.matches('hello from origin\nok=0', out)
+    assert.matches('wrong=97', out)
+    assert.matches('other=97', out)   -- alice's permissions from the service: http port only
+    assert.matches('alice@corp connect 127%.0%.0%.1:' .. origin.http .. ' from 127%.0%.0%.1:%d+', out)
+    assert.matches('stopped: 1 completed, 1 auth failures, 1 denied', out)
+    assert.matches('"x%-api%-key": "demo%-key"', svc.get('/last'))
+  end)
+end)

@@ -259,9 +259,12 @@ pub fn permissions_from_value(v: &Value) -> Result<Permissions, String> {
     };
     for pair in t.pairs::<Value, Value>() {
         let (k, _) = pair.map_err(|e| e.to_string())?;
-        let ok = matches!(&k, Value::String(s) if matches!(s.to_string_lossy().as_str(), "allow" | "deny"));
-        if !ok {
-            return Err(format!("unknown key {k:?} (known: allow, deny)"));
+        let name = match &k {
+            Value::String(s) => s.to_string_lossy(),
+            other => format!("of type {}", other.type_name()),
+        };
+        if !matches!(name.as_str(), "allow" | "deny") {
+            return Err(format!("unknown key '{name}' (known: allow, deny)"));
         }
     }
     let list = |key: &str| -> Result<Vec<String>, String> {
