@@ -60,7 +60,7 @@ pub fn check_url(s: &str) -> Result<Url, String> {
             url.scheme()
         ));
     }
-    if url.host_str().is_none_or(str::is_empty) {
+    if matches!(url.host_str(), None | Some("")) {
         return Err(format!("'{s}' has no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
