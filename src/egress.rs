@@ -807,7 +807,9 @@ async fn forward_one(
     source: &EgressSource,
     to: &TargetAddr,
 ) -> Result<(), String> {
-    crate::net::tune_stream(&client, &shared.config.keepalive, "client socket");
+    if !shared.config.sockopts_inherited {
+        crate::net::tune_stream(&client, &shared.config.keepalive, "client socket");
+    }
     let up = source
         .connect(to, source.connect_timeout)
         .await

@@ -58,6 +58,9 @@ pub struct Config {
     pub allowed_source_addresses: Option<Vec<ipnet::IpNet>>,
     /// Which protocols this port speaks; the client's first byte picks one.
     pub protocols: Protocols,
+    /// Set by `start`: TCP_NODELAY and keepalive were set on the listening socket,
+    /// and accepted sockets inherit them (Linux), so sessions skip those syscalls.
+    pub sockopts_inherited: bool,
 }
 
 /// `protocols = {'socks5', 'http'}`.
@@ -113,6 +116,7 @@ impl Config {
             auth_failure_delay: Some(crate::auth_cache::DelayConfig::default()),
             permissions: Arc::new(crate::permissions::Permissions::private_destinations()),
             allowed_source_addresses: None,
+            sockopts_inherited: false,
         }
     }
 }
@@ -138,8 +142,9 @@ impl Shared {
     }
 }
 
-pub fn start(process: &Process, config: Config) -> io::Result<Arc<Shared>> {
-    let std_listener = bind(&config)?;
+pub fn start(process: &Process, mut config: Config) -> io::Result<Arc<Shared>> {
+    let (std_listener, inherited) = bind(&config)?;
+    config.sockopts_inherited = inherited;
     let local_addr = std_listener.local_addr()?;
     let rt = process.runtime();
     let _enter = rt.enter();
@@ -181,7 +186,8 @@ pub fn start(process: &Process, config: Config) -> io::Result<Arc<Shared>> {
     Ok(shared)
 }
 
-fn bind(config: &Config) -> io::Result<std::net::TcpListener> {
+/// Also reports whether accepted sockets will inherit our TCP options (see Config).
+fn bind(config: &Config) -> io::Result<(std::net::TcpListener, bool)> {
     let addr = config.listen;
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
@@ -192,7 +198,15 @@ fn bind(config: &Config) -> io::Result<std::net::TcpListener> {
     sock.set_cloexec(true)?;
     sock.bind(&addr.into())?;
     sock.listen(config.backlog)?;
-    Ok(sock.into())
+    // Linux copies TCP_NODELAY and the keepalive settings from a listening socket
+    // to the sockets it accepts: set them once here instead of on every accept.
+    let inherited = cfg!(target_os = "linux")
+        && crate::net::tune_socket(
+            socket2::SockRef::from(&sock),
+            &config.keepalive,
+            "listening socket",
+        );
+    Ok((sock.into(), inherited))
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -261,4 +275,45 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use socket2::SockRef;
+
+    /// Sessions skip TCP_NODELAY/keepalive on accepted sockets because the kernel
+    /// copies them from the listener: check that it really does.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap());
+        config.keepalive.time = Duration::from_secs(77);
+        config.keepalive.interval = Duration::from_secs(7);
+        config.keepalive.retries = 3;
+        let (listener, inherited) = bind(&config).unwrap();
+        assert!(inherited);
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let s = SockRef::from(&accepted);
+        assert!(s.tcp_nodelay().unwrap());
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(77));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 3);
+    }
+
+    #[test]
+    fn keepalive_disabled_is_inherited_too() {
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap());
+        config.keepalive.enabled = false;
+        let (listener, inherited) = bind(&config).unwrap();
+        assert!(inherited);
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let s = SockRef::from(&accepted);
+        assert!(s.tcp_nodelay().unwrap());
+        assert!(!s.keepalive().unwrap());
+    }
 }

@@ -48,9 +48,15 @@ impl Default for Keepalive {
 /// TCP_NODELAY (small SMTP writes must not wait for Nagle) and keepalive.
 /// A failure here costs performance, not correctness: log and carry on.
 pub fn tune_stream(sock: &tokio::net::TcpStream, keepalive: &Keepalive, who: &str) {
-    let s = SockRef::from(sock);
+    tune_socket(SockRef::from(sock), keepalive, who);
+}
+
+/// `tune_stream` for any socket; true when every option was set.
+pub fn tune_socket(s: SockRef<'_>, keepalive: &Keepalive, who: &str) -> bool {
+    let mut ok = true;
     if let Err(e) = s.set_tcp_nodelay(true) {
         tracing::warn!("{who}: cannot set TCP_NODELAY: {e}");
+        ok = false;
     }
     if keepalive.enabled {
         let ka = TcpKeepalive::new()
@@ -59,8 +65,10 @@ pub fn tune_stream(sock: &tokio::net::TcpStream, keepalive: &Keepalive, who: &st
             .with_retries(keepalive.retries);
         if let Err(e) = s.set_tcp_keepalive(&ka) {
             tracing::warn!("{who}: cannot set TCP keepalive: {e}");
+            ok = false;
         }
     }
+    ok
 }
 
 /// Bounds a fallible step by `d`; on expiry the step fails with `on_timeout`.
@@ -70,9 +78,18 @@ pub async fn within<T, E>(
     on_timeout: E,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
+    within_else(d, || on_timeout, fut).await
+}
+
+/// `within` with an error built only on expiry (for errors that format or allocate).
+pub async fn within_else<T, E>(
+    d: Duration,
+    on_timeout: impl FnOnce() -> E,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     match tokio::time::timeout(d, fut).await {
         Ok(r) => r,
-        Err(_) => Err(on_timeout),
+        Err(_) => Err(on_timeout()),
     }
 }
 

@@ -53,7 +53,7 @@ impl Activity {
 /// Relays until both directions reach EOF, an error, or the idle timeout.
 /// `early` holds client bytes that arrived with the handshake; they go first.
 pub async fn relay(
-    mut client: TcpStream,
+    client: TcpStream,
     mut remote: TcpStream,
     early: &[u8],
     shared: &Shared,
@@ -65,12 +65,10 @@ pub async fn relay(
             .bytes_to_remote
             .fetch_add(early.len() as u64, Ordering::Relaxed);
     }
-    let activity = Activity::new();
-    let idle = shared.config.timeout;
-    let (to_remote, to_client) = (&stats.bytes_to_remote, &stats.bytes_to_client);
-
     #[cfg(target_os = "linux")]
     if shared.config.use_splice {
+        let activity = Activity::new();
+        let (to_remote, to_client) = (&stats.bytes_to_remote, &stats.bytes_to_client);
         let pool = &crate::runtime::current().pipes;
         let both = async {
             tokio::try_join!(
@@ -80,21 +78,33 @@ pub async fn relay(
         };
         return tokio::select! {
             r = both => r.map(|_| ()),
-            r = activity.watchdog(idle) => r,
+            r = activity.watchdog(shared.config.timeout) => r,
         };
     }
+    // Boxed: the userspace copy's state is larger than splice's, and every relay's
+    // future is as large as its largest path (an idle relay's memory is mostly that).
+    Box::pin(copy_both(client, remote, shared)).await
+}
 
+/// `relay` without splice: userspace copy over the borrowed halves.
+async fn copy_both(
+    mut client: TcpStream,
+    mut remote: TcpStream,
+    shared: &Shared,
+) -> io::Result<()> {
+    let stats = &shared.stats;
+    let activity = Activity::new();
     let (mut cr, mut cw) = client.split();
     let (mut rr, mut rw) = remote.split();
     let both = async {
         tokio::try_join!(
-            copy_one_way(&mut cr, &mut rw, to_remote, &activity),
-            copy_one_way(&mut rr, &mut cw, to_client, &activity),
+            copy_one_way(&mut cr, &mut rw, &stats.bytes_to_remote, &activity),
+            copy_one_way(&mut rr, &mut cw, &stats.bytes_to_client, &activity),
         )
     };
     tokio::select! {
         r = both => r.map(|_| ()),
-        r = activity.watchdog(idle) => r,
+        r = activity.watchdog(shared.config.timeout) => r,
     }
 }
 
@@ -109,7 +119,9 @@ pub async fn relay_any(
     use crate::stream::MaybeTls::Plain;
     match (client, remote) {
         (Plain(c), Plain(r)) => relay(c, r, early, shared).await,
-        (c, r) => relay_streams(c, r, early, shared).await,
+        // TLS relays hold whole TLS streams: boxed, so they do not grow every
+        // session's future (an idle plain relay pays only for what it uses).
+        (c, r) => Box::pin(relay_streams(c, r, early, shared)).await,
     }
 }
 

@@ -8,7 +8,7 @@ use crate::auth::{AuthInfo, ConnMeta, Identity, CONTEXT_TLS_CLIENT, CONTEXT_TRUS
 
 use crate::egress::EgressStream;
 use crate::listener::Shared;
-use crate::net::{within, LocalAddr, PeerAddr};
+use crate::net::{within, within_else, LocalAddr, PeerAddr};
 use crate::policy::{self, Plan, Refusal};
 use crate::pump::EVENT_AUTH_RFC1929;
 use crate::socks5::{self, method, reply, CodecError, Command, Reply, TargetAddr};
@@ -82,19 +82,27 @@ impl fmt::Display for SessionError {
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _active = crate::stats::ActiveGuard(&shared.stats);
 
-    let local = stream.local_addr().unwrap_or(shared.local_addr);
-    crate::net::tune_stream(&stream, &shared.config.keepalive, "client socket");
+    // A listener bound to one address already knows it: no getsockname per session.
+    let local = if shared.local_addr.ip().is_unspecified() {
+        stream.local_addr().unwrap_or(shared.local_addr)
+    } else {
+        shared.local_addr
+    };
+    if !shared.config.sockopts_inherited {
+        crate::net::tune_stream(&stream, &shared.config.keepalive, "client socket");
+    }
     let stats = &shared.stats;
 
     let (client, tls_client) = match &shared.config.tls {
         None => (ClientStream::Plain(stream), None),
         Some(tls) => {
-            let accept = async {
+            // Boxed: the handshake state is large and only lives until it ends.
+            let accept = Box::pin(async {
                 tls.acceptor()
                     .accept(stream)
                     .await
                     .map_err(|e| e.to_string())
-            };
+            });
             let t = shared.config.timeout;
             let handshake = tokio::select! {
                 r = within(t, format!("timeout after {t:?}"), accept) => r,
@@ -250,7 +258,8 @@ async fn handle(
     let protocols = shared.config.protocols;
     if protocols.http && (!protocols.socks5 || conn.first_byte().await? != socks5::VERSION) {
         let Framed { io, buf, .. } = conn;
-        return crate::http_connect::handle(io, buf, meta, shared).await;
+        // Boxed: the HTTP state is large and would otherwise size every session.
+        return Box::pin(crate::http_connect::handle(io, buf, meta, shared)).await;
     }
     let greeting = conn.read("greeting", socks5::parse_greeting).await?;
     let auth = Arc::new(authenticate(&mut conn, &greeting, meta, shared).await?);
@@ -335,7 +344,9 @@ async fn handle(
                     meta.peer,
                     plan.target
                 );
-                let Framed { io, buf, .. } = conn;
+                let Framed { io, mut buf, .. } = conn;
+                // Usually empty: free the frame buffer so an idle relay does not hold it.
+                buf.shrink_to_fit();
                 return crate::relay::relay_any(io, dialed.stream, &buf, shared)
                     .await
                     .map_err(SessionError::Relay);
@@ -480,8 +491,9 @@ async fn connect(
         code,
         reason,
     };
-    let timed_out = fail(reply::TTL_EXPIRED, format!("no connection within {t:?}"));
-    within(t, timed_out, async {
+    // Built only on expiry: formatting it up front cost every session.
+    let timed_out = || fail(reply::TTL_EXPIRED, format!("no connection within {t:?}"));
+    within_else(t, timed_out, async {
         let source = match &bound {
             Some(s) => Some(
                 s.local_addr()
@@ -579,8 +591,9 @@ pub(crate) async fn dial(
             });
         }
         if egress.proxy.is_some() {
-            let up = egress
-                .connect(&plan.target, egress.connect_timeout)
+            // Boxed: upstream connects (TLS, a SOCKS5 handshake) are large futures
+            // that would otherwise size every session's task.
+            let up = Box::pin(egress.connect(&plan.target, egress.connect_timeout))
                 .await
                 .map_err(|e| SessionError::Connect {
                     target: plan.target.to_string(),
@@ -611,4 +624,31 @@ pub(crate) async fn dial(
         stream: EgressStream::Plain(remote),
         bound,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle relay's memory is mostly its session task, whose future is as large
+    /// as its largest state (issue 8: ≤ 8 KiB per idle relay). Large, rare states
+    /// (TLS handshakes, egress connects, userspace copies) are boxed to keep it so.
+    #[tokio::test]
+    async fn session_future_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        let _c = tokio::net::TcpStream::connect(a).await.unwrap();
+        let (s, peer) = l.accept().await.unwrap();
+        let shared = std::sync::Arc::new(crate::listener::Shared {
+            config: crate::listener::Config::new(a),
+            auth: Default::default(),
+            local_addr: a,
+            stats: Default::default(),
+            pump: std::sync::Arc::new(crate::pump::Pump::new().unwrap()),
+            closing: Default::default(),
+            abort: Default::default(),
+            accepting: Default::default(),
+        });
+        let f = super::serve(s, peer, shared);
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 3 * 1024, "session future is {size} bytes");
+    }
 }
