@@ -5,8 +5,9 @@
 --   plain: no authentication (loopback clients are trusted hosts)
 --   auth:  require_auth, no trusted hosts, RFC 1929 checked by a Lua handler
 --   tls:   use_tls with a self-signed certificate for 'localhost', written to CERT_FILE
+--   copy:  use_splice = false (userspace copy, as the TLS relay does), for reference
 --
--- Prints one line "READY plain=ADDR auth=ADDR tls=ADDR" and serves until SIGTERM.
+-- Prints one line "READY plain=ADDR auth=ADDR tls=ADDR copy=ADDR" and serves until SIGTERM.
 local kumoproxy = require 'kumoproxy'
 
 local cert_file = assert(arg[1], 'usage: kumoproxy_bench.lua CERT_FILE')
@@ -37,10 +38,13 @@ local tls = listener {
   listen = '127.0.0.1:0', timeout = timeout, use_tls = true, hostname = 'localhost',
 }
 
+local copy = listener { listen = '127.0.0.1:0', timeout = timeout, use_splice = false }
+
 local f = assert(io.open(cert_file, 'w'))
 f:write(tls:certificate_pem())
 f:close()
 
-print(('READY plain=%s auth=%s tls=%s'):format(plain:local_addr(), auth:local_addr(), tls:local_addr()))
+print(('READY plain=%s auth=%s tls=%s copy=%s'):format(
+  plain:local_addr(), auth:local_addr(), tls:local_addr(), copy:local_addr()))
 io.stdout:flush()
 kumoproxy.run { grace = 0 }

@@ -101,7 +101,8 @@ def render(results, a):
     peers = [p for p in PEERS if any(r["label"] == p for r in results)]
 
     # ---------------------------------------------------------------- throughput
-    bulk_labels = present(results, "bulk", ["direct"] + kps + peers + ["kumoproxy-tls", "kumoproxy-before-tls"])
+    bulk_labels = present(results, "bulk", ["direct"] + kps + peers + [
+        "kumoproxy-copy", "kumoproxy-before-copy", "kumoproxy-tls", "kumoproxy-before-tls"])
     if bulk_labels:
         say("### Throughput (Gbit/s of payload, client → proxy → sink and back)\n")
         say("`up` = client sends, the sink splices to /dev/null; `down` = the sink sends "
@@ -214,11 +215,14 @@ def render(results, a):
                  "disables resumption.")
     tls_bulk = present(results, "bulk", [l + "-tls" for l in kps])
     if tls_bulk:
-        say("Throughput per proxy core spent, TLS vs plain (Gbit/s ÷ proxy cores):\n")
+        say("Throughput per proxy core spent, TLS vs plain (Gbit/s ÷ proxy cores). `-copy` is a "
+            "plain listener with `use_splice = false`: the same userspace relay as TLS, without "
+            "the crypto.\n")
         head = ["listener", "1 up", "1 down", "4 up", "4 down"]
         rows = []
         per_core = {}
-        for l in kps + tls_bulk:
+        copies = present(results, "bulk", [l + "-copy" for l in kps])
+        for l in kps + copies + tls_bulk:
             vals = []
             for n, d in [(1, "up"), (1, "down"), (4, "up"), (4, "down")]:
                 rs = pick(results, "bulk", l, streams=n, dir=d)
@@ -229,8 +233,10 @@ def render(results, a):
             rows.append([l] + vals)
         for l in tls_bulk:
             base = l[: -len("-tls")]
-            rows.append([f"{l} ÷ {base}"] + [rfmt(ratio(per_core.get((l, n, d)), per_core.get((base, n, d))))
-                                             for n, d in [(1, "up"), (1, "down"), (4, "up"), (4, "down")]])
+            for ref in [base, base + "-copy"]:
+                if ref == base or ref in copies:
+                    rows.append([f"{l} ÷ {ref}"] + [rfmt(ratio(per_core.get((l, n, d)), per_core.get((ref, n, d))))
+                                                   for n, d in [(1, "up"), (1, "down"), (4, "up"), (4, "down")]])
         say(table(head, rows) + "\n")
 
     # ---------------------------------------------------------------- idle

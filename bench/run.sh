@@ -145,6 +145,7 @@ kp_start() {  # kp_start NAME MODULE_DIR
             plain=*) add "$name" "${kv#plain=}" "$pid" ;;
             auth=*) add "$name+auth" "${kv#auth=}" "$pid" ;;
             tls=*) add "$name-tls" "${kv#tls=}" "$pid" ;;
+            copy=*) add "$name-copy" "${kv#copy=}" "$pid" ;;
         esac
     done
 }
@@ -221,6 +222,8 @@ for t in kumoproxy+auth kumoproxy-before+auth microsocks+auth fast-socks5+auth; 
 done
 tls_targets=()
 for t in kumoproxy-tls kumoproxy-before-tls; do is_target "$t" && tls_targets+=("$t"); done
+copy_targets=()  # use_splice = false: the plain userspace relay, TLS's fair reference
+for t in kumoproxy-copy kumoproxy-before-copy; do is_target "$t" && copy_targets+=("$t"); done
 
 for rep in $(seq "$REPS"); do
     log "=== repetition $rep of $REPS"
@@ -265,6 +268,14 @@ for rep in $(seq "$REPS"); do
         done
     fi
     if has tls; then
+        for t in "${copy_targets[@]}"; do
+            for n in $STREAM_COUNTS; do
+                for dir in up down; do
+                    # shellcheck disable=SC2046
+                    sb "$t" bulk --target "$SINK" --streams "$n" --dir "$dir" $(via "$t")
+                done
+            done
+        done
         for t in "${tls_targets[@]}"; do
             for n in $STREAM_COUNTS; do
                 for dir in up down; do
