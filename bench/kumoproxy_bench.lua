@@ -4,10 +4,12 @@
 --
 --   plain: no authentication (loopback clients are trusted hosts)
 --   auth:  require_auth, no trusted hosts, RFC 1929 checked by a Lua handler
+--   authcache: the same with auth_cache, so repeat logins skip Lua (where supported)
 --   tls:   use_tls with a self-signed certificate for 'localhost', written to CERT_FILE
 --   copy:  use_splice = false (userspace copy, as the TLS relay does), for reference
 --
--- Prints one line "READY plain=ADDR auth=ADDR tls=ADDR copy=ADDR" and serves until SIGTERM.
+-- Prints one line "READY plain=ADDR auth=ADDR tls=ADDR copy=ADDR [authcache=ADDR]"
+-- and serves until SIGTERM.
 local kumoproxy = require 'kumoproxy'
 
 local cert_file = assert(arg[1], 'usage: kumoproxy_bench.lua CERT_FILE')
@@ -40,11 +42,22 @@ local tls = listener {
 
 local copy = listener { listen = '127.0.0.1:0', timeout = timeout, use_splice = false }
 
+-- Builds without auth_cache reject the key: measure the uncached handler only.
+local ok, authcache = pcall(listener, {
+  listen = '127.0.0.1:0', timeout = timeout, require_auth = true, trusted_hosts = {},
+  auth_cache = { ttl = '10 minutes' },
+})
+if not ok then
+  io.stderr:write('no auth_cache listener: ', tostring(authcache), '\n')
+  authcache = nil
+end
+
 local f = assert(io.open(cert_file, 'w'))
 f:write(tls:certificate_pem())
 f:close()
 
-print(('READY plain=%s auth=%s tls=%s copy=%s'):format(
-  plain:local_addr(), auth:local_addr(), tls:local_addr(), copy:local_addr()))
+print(('READY plain=%s auth=%s tls=%s copy=%s%s'):format(
+  plain:local_addr(), auth:local_addr(), tls:local_addr(), copy:local_addr(),
+  authcache and (' authcache=' .. authcache:local_addr()) or ''))
 io.stdout:flush()
 kumoproxy.run { grace = 0 }

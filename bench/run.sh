@@ -7,8 +7,10 @@
 # Options: --reps N (default 3), --duration S (default 5), --out FILE (default
 # docs/benchmarks.md), --results FILE (keep the raw RESULT lines), --no-peers,
 # --sections LIST (comma list of bulk,cycles,auth,tls,idle; default all).
-# Env: KUMOPROXY_BEFORE=path/to/kumoproxy.so adds a "kumoproxy (before)" target built
-# from another tree, to show what a change bought within one run.
+# Env: KUMOPROXY_BEFORE=path/to/kumoproxy.so adds a "kumoproxy-before" target built
+# from another tree, to show what a change bought within one run;
+# KUMOPROXY_BEFORE_ENV="VAR=VALUE ..." runs that target (by default the current
+# build) with extra environment, e.g. KUMOPROXY_THREADS=1.
 #
 # Builds the module (release, Lua 5.4) and bench/socksbench, installs microsocks and
 # dante-server when missing, the fast-socks5 example server into bench/.peers, starts
@@ -134,10 +136,11 @@ declare -A ADDR PID
 targets=()
 add() { ADDR[$1]=$2; PID[$1]=$3; targets+=("$1"); }
 
-kp_start() {  # kp_start NAME MODULE_DIR
+kp_start() {  # kp_start NAME MODULE_DIR [VAR=VALUE...]
     local name=$1 dir=$2 pid line
+    shift 2
     KUMOPROXY_LOG=warn LUA_CPATH="$dir/?.so;;" start_ready "$name" \
-        lua5.4 bench/kumoproxy_bench.lua "$tmp/$name.pem" || return 1
+        env "$@" lua5.4 bench/kumoproxy_bench.lua "$tmp/$name.pem" || return 1
     pid=$STARTED
     line=$(grep '^READY' "$tmp/$name.out")
     for kv in $line; do
@@ -146,14 +149,16 @@ kp_start() {  # kp_start NAME MODULE_DIR
             auth=*) add "$name+auth" "${kv#auth=}" "$pid" ;;
             tls=*) add "$name-tls" "${kv#tls=}" "$pid" ;;
             copy=*) add "$name-copy" "${kv#copy=}" "$pid" ;;
+            authcache=*) add "$name+authcache" "${kv#authcache=}" "$pid" ;;
         esac
     done
 }
 kp_start kumoproxy build/lua5.4
-if [ -n "${KUMOPROXY_BEFORE:-}" ]; then
+if [ -n "${KUMOPROXY_BEFORE:-}${KUMOPROXY_BEFORE_ENV:-}" ]; then
     mkdir -p "$tmp/before"
-    cp "$KUMOPROXY_BEFORE" "$tmp/before/kumoproxy.so"
-    kp_start kumoproxy-before "$tmp/before" || log "KUMOPROXY_BEFORE did not start"
+    cp "${KUMOPROXY_BEFORE:-build/lua5.4/kumoproxy.so}" "$tmp/before/kumoproxy.so"
+    # shellcheck disable=SC2086
+    kp_start kumoproxy-before "$tmp/before" ${KUMOPROXY_BEFORE_ENV:-} || log "KUMOPROXY_BEFORE did not start"
 fi
 
 if [ "$PEERS" = 1 ]; then
@@ -209,7 +214,7 @@ via() {  # proxy options for a target (none for direct)
     [ "$1" = direct ] && return 0
     echo "--proxy ${ADDR[$1]} --proxy-pid ${PID[$1]}"
 }
-auth_opts() { [[ $1 == *+auth ]] && echo "--user bench --pass benchpass" || true; }
+auth_opts() { [[ $1 == *+auth* ]] && echo "--user bench --pass benchpass" || true; }
 tls_opts() { [[ $1 == *-tls ]] && echo "--tls-ca $tmp/${1%-tls}.pem --tls-name localhost" || true; }
 
 plain_targets=(direct)
@@ -217,7 +222,8 @@ for t in kumoproxy kumoproxy-before microsocks dante fast-socks5; do
     is_target "$t" && plain_targets+=("$t")
 done
 auth_targets=()
-for t in kumoproxy+auth kumoproxy-before+auth microsocks+auth fast-socks5+auth; do
+for t in kumoproxy+auth kumoproxy+authcache kumoproxy-before+auth kumoproxy-before+authcache \
+    microsocks+auth fast-socks5+auth; do
     is_target "$t" && auth_targets+=("$t")
 done
 tls_targets=()
