@@ -477,6 +477,27 @@ describe('start_http_listener', function()
     s:close()
   end)
 
+  it('caches Basic decisions with auth_cache; a changed password misses', function()
+    local s = kp.start_http_listener {
+      listen = '127.0.0.1:0', trusted_hosts = {}, auth_cache = { ttl = 60, negative_ttl = 60 },
+    }
+    local calls = 0
+    kp.on(AUTH, function(user, password)
+      calls = calls + 1
+      return user == 'scraper' and password == 'pw'
+    end)
+    assert.are.equal(200, (get(s, '/metrics', '-u scraper:pw')))
+    assert.are.equal(200, (get(s, '/metrics', '-u scraper:pw')))
+    assert.are.equal(1, calls)
+    assert.are.equal(401, (get(s, '/metrics', '-u scraper:wrong')))
+    assert.are.equal(401, (get(s, '/metrics', '-u scraper:wrong')))
+    assert.are.equal(2, calls)
+    local ok, err = pcall(kp.start_http_listener, { listen = '127.0.0.1:0', auth_cache = { tll = 1 } })
+    assert.is_false(ok)
+    assert.matches('auth_cache', err, 1, true)
+    s:close()
+  end)
+
   it('serves over TLS', function()
     local pki = os.tmpname()
     os.remove(pki)

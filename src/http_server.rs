@@ -39,6 +39,8 @@ pub struct Config {
     pub tls: Option<Arc<TlsServer>>,
     /// TLS handshake, reading a request head, and waiting for a Lua decision.
     pub timeout: Duration,
+    /// Caches Basic credential decisions (see the proxy listener's `auth_cache`).
+    pub auth_cache: Option<crate::auth_cache::CacheConfig>,
 }
 
 impl Config {
@@ -48,6 +50,7 @@ impl Config {
             trusted_hosts: TrustedHosts::default(),
             tls: None,
             timeout: Duration::from_secs(10),
+            auth_cache: None,
         }
     }
 }
@@ -61,6 +64,7 @@ pub struct Shared {
     pub requests: AtomicU64,
     /// 401s and 400s for bad credentials.
     pub auth_failures: AtomicU64,
+    cache: Option<crate::auth_cache::AuthCache>,
 }
 
 impl Shared {
@@ -78,13 +82,17 @@ pub fn start(process: &'static Process, config: Config) -> io::Result<Arc<Shared
     let _enter = rt.enter();
     let listener = TcpListener::from_std(std_listener)?;
     let shared = Arc::new(Shared {
-        config,
         local_addr,
         pump: process.pump().clone(),
         closing: CancellationToken::new(),
         accepting: AtomicBool::new(true),
         requests: AtomicU64::new(0),
         auth_failures: AtomicU64::new(0),
+        cache: config
+            .auth_cache
+            .clone()
+            .map(crate::auth_cache::AuthCache::new),
+        config,
     });
     tracing::info!(
         "status listener{} on {local_addr}",
@@ -230,8 +238,27 @@ async fn authorize(
         }
         Some(Ok(Credentials::Basic { user, password })) => {
             let name = String::from_utf8_lossy(&user).into_owned();
-            let t = shared.config.timeout;
-            match validate_basic(&shared.pump, user, password, meta, t).await {
+            let pw = password.clone().unwrap_or_default();
+            let cached = shared.cache.as_ref().and_then(|c| c.get(&user, &pw));
+            let verdict = match cached {
+                Some(Ok(_)) => Some(Ok(true)),
+                Some(Err(_)) => Some(Ok(false)),
+                None => {
+                    let t = shared.config.timeout;
+                    let v = validate_basic(&shared.pump, user.clone(), password, meta, t).await;
+                    // Decisions are cached; handler errors (500) are not.
+                    if let (Some(c), Some(Ok(ok))) = (&shared.cache, &v) {
+                        let entry = if *ok {
+                            Ok(crate::auth::AuthInfo::single(name.clone(), "HttpAuthBasic"))
+                        } else {
+                            Err("rejected by handler".to_string())
+                        };
+                        c.put(&user, &pw, entry);
+                    }
+                    v
+                }
+            };
+            match verdict {
                 Some(Ok(true)) => return Ok(name),
                 Some(Ok(false)) => {
                     tracing::warn!(

@@ -216,7 +216,7 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
 /// auth_http, auth_cache, auth_failure_delay, permissions,
 /// allow_private_destinations, allowed_source_addresses.
 fn auth_params(p: &mut Params, c: &mut Config) -> mlua::Result<()> {
-    use crate::auth_cache::{CacheConfig, DelayConfig};
+    use crate::auth_cache::DelayConfig;
     if let Some(mut h) = p.nested_dotted("auth_http")? {
         let url = h.required_string("url")?;
         let timeout = h.duration("timeout", crate::auth_http::DEFAULT_TIMEOUT)?;
@@ -254,18 +254,7 @@ fn auth_params(p: &mut Params, c: &mut Config) -> mlua::Result<()> {
         h.finish()?;
         c.auth_http = Some(Arc::new(http));
     }
-    if let Some(mut a) = p.nested_dotted("auth_cache")? {
-        let d = CacheConfig::default();
-        c.auth_cache = Some(CacheConfig {
-            ttl: a.duration("ttl", d.ttl)?,
-            negative_ttl: a.duration("negative_ttl", d.negative_ttl)?,
-            max_entries: a
-                .integer("max_entries", 1, 100_000_000)?
-                .map(|n| n as usize)
-                .unwrap_or(d.max_entries),
-        });
-        a.finish()?;
-    }
+    c.auth_cache = auth_cache_param(p)?;
     match p.raw("auth_failure_delay")? {
         Value::Nil => {}
         Value::Boolean(false) => c.auth_failure_delay = None,
@@ -308,6 +297,28 @@ fn auth_params(p: &mut Params, c: &mut Config) -> mlua::Result<()> {
     c.permissions = Arc::new(perms);
     c.allowed_source_addresses = p.ip_nets("allowed_source_addresses")?;
     Ok(())
+}
+
+/// `auth_cache = { ttl, negative_ttl, max_entries }`, shared by the proxy and
+/// status listeners.
+pub(crate) fn auth_cache_param(
+    p: &mut Params,
+) -> mlua::Result<Option<crate::auth_cache::CacheConfig>> {
+    use crate::auth_cache::CacheConfig;
+    let Some(mut a) = p.nested_dotted("auth_cache")? else {
+        return Ok(None);
+    };
+    let d = CacheConfig::default();
+    let cfg = CacheConfig {
+        ttl: a.duration("ttl", d.ttl)?,
+        negative_ttl: a.duration("negative_ttl", d.negative_ttl)?,
+        max_entries: a
+            .integer("max_entries", 1, 100_000_000)?
+            .map(|n| n as usize)
+            .unwrap_or(d.max_entries),
+    };
+    a.finish()?;
+    Ok(Some(cfg))
 }
 
 /// `use_tls` and its companions. TLS options without `use_tls` are an error:

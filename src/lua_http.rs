@@ -84,6 +84,7 @@ fn http_config(v: Value) -> mlua::Result<Config> {
         c.trusted_hosts = TrustedHosts::new(nets);
     }
     c.timeout = p.duration("timeout", c.timeout)?;
+    c.auth_cache = crate::lua_api::auth_cache_param(&mut p)?;
     if c.timeout.is_zero() {
         return Err(p.key_err("timeout", "must be greater than zero"));
     }
