@@ -470,13 +470,15 @@ describe('run and stop', function()
     local script = [[
       coproc P { KUMOPROXY_LOG=info KUMOPROXY_LISTEN=127.0.0.1:0 exec "$0" examples/init.lua 2>&1; }
       pid=$P_PID
+      # bash closes the coproc's own fds once it reaps the process: read a copy.
+      exec 3<&"${P[0]}"
       # SIGTERM only once run() has its handlers in place (it logs that line).
-      while read -r line <&"${P[0]}"; do
+      while read -r line <&3; do
         echo "$line"
         case $line in *'kumoproxy.run: serving'*) break ;; esac
       done
       kill -TERM "$pid"
-      cat <&"${P[0]}"
+      cat <&3
       wait "$pid"
     ]]
     local out, rc, err = H.sh({ 'bash', '-c', script, H.lua }, { timeout = 30 })

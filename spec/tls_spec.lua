@@ -229,7 +229,8 @@ describe('TLS listener', function()
     local script = [[
       coproc P { KUMOPROXY_LOG=info KUMOPROXY_LISTEN=127.0.0.1:0 exec "$0" examples/tls.lua 2>&1; }
       pid=$P_PID ca=$(mktemp) addr=
-      while read -r line <&"${P[0]}"; do
+      exec 3<&"${P[0]}"   # survives bash closing the coproc fds at exit
+      while read -r line <&3; do
         case $line in
           'proxy listener (TLS) on '*) addr=${line#proxy listener (TLS) on } ;;
           -----BEGIN*|-----END*|[A-Za-z0-9+/]*) [ -n "$addr" ] && echo "$line" >>"$ca" ;;
@@ -239,7 +240,7 @@ describe('TLS listener', function()
       python3 spec/support/tls_socks.py --proxy "$addr" --target 127.0.0.1:"$1" \
         --cafile "$ca" --server-name localhost --user alice --password secret
       rc=$?
-      kill -TERM "$pid"; cat <&"${P[0]}" >/dev/null; wait "$pid"; rm -f "$ca"
+      kill -TERM "$pid"; cat <&3 >/dev/null; wait "$pid"; rm -f "$ca"
       exit $rc
     ]]
     local out, rc, err = H.sh({ 'bash', '-c', script, H.lua, tostring(origin.echo) }, { timeout = 30 })
