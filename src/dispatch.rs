@@ -105,7 +105,8 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
                 Ok(ret) => auth_verdict(ret, &user),
                 Err(e) => {
                     tracing::error!(
-                        "{name} handler failed (denying user '{user}'): {}",
+                        "{name} handler failed (denying user '{}'): {}",
+                        crate::logging::printable(&user),
                         flat(&e)
                     );
                     Err(format!("{name} handler raised an error"))
@@ -119,7 +120,8 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
             let _ = reply.send(verdict);
         }
         Event::HttpAuthBasic { user, reply, .. } => {
-            let who = String::from_utf8_lossy(&user).into_owned();
+            // For log lines only: escape what a client could forge lines with.
+            let who = crate::logging::printable(&String::from_utf8_lossy(&user)).into_owned();
             // Seed semantics: true/false decide; anything else is a handler bug
             // and fails closed with a 500, never a pass.
             let verdict = match outcome {

@@ -423,7 +423,9 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(e) => return Err(e),
             };
-            let user = String::from_utf8_lossy(&creds.username).into_owned();
+            // For log lines: control characters escaped.
+            let user =
+                crate::logging::printable(&String::from_utf8_lossy(&creds.username)).into_owned();
             let verdict =
                 crate::auth::check_rfc1929(creds.username, creds.password, meta, shared).await;
             conn.write(

@@ -51,7 +51,7 @@ pub enum CodecError {
     UnknownCommand(u8),
     /// Request with an unknown address type byte.
     UnknownAddressType(u8),
-    /// Domain name of length zero, or not valid UTF-8.
+    /// Domain name of length zero, not valid UTF-8, or with control characters.
     BadDomain,
     /// Reply frame (client side) with a reserved byte or field out of range.
     Malformed(&'static str),
@@ -76,7 +76,9 @@ impl fmt::Display for CodecError {
             CodecError::EmptyUsername => write!(f, "empty username in RFC 1929 request"),
             CodecError::UnknownCommand(c) => write!(f, "unknown command 0x{c:02x}"),
             CodecError::UnknownAddressType(a) => write!(f, "unknown address type 0x{a:02x}"),
-            CodecError::BadDomain => write!(f, "empty or non-UTF-8 domain name"),
+            CodecError::BadDomain => {
+                write!(f, "empty, non-UTF-8 or control characters in domain name")
+            }
             CodecError::Malformed(what) => write!(f, "malformed frame: {what}"),
         }
     }
@@ -310,6 +312,11 @@ fn parse_addr(buf: &[u8]) -> Parsed<TargetAddr> {
             }
             (2 + len as usize, |b, port| {
                 let name = std::str::from_utf8(&b[2..]).map_err(|_| CodecError::BadDomain)?;
+                // No host name has them, and the name goes into log lines and
+                // Lua: a CR/LF or escape in it would forge or garble both.
+                if name.chars().any(char::is_control) {
+                    return Err(CodecError::BadDomain);
+                }
                 Ok(TargetAddr::Domain(name.to_string(), port))
             })
         }
@@ -609,6 +616,23 @@ mod tests {
             parse_request(&[5, 1, 0, 3, 2, 0xff, 0xfe, 0, 80]),
             Err(CodecError::BadDomain)
         );
+        // Found by fuzz/request: control characters would reach log lines as is.
+        for name in [
+            &b"a\nb"[..],
+            b"a\rb",
+            b"\x1b[2J",
+            b"a\x00b",
+            "a\u{85}b".as_bytes(),
+        ] {
+            let mut frame = vec![5, 1, 0, 3, name.len() as u8];
+            frame.extend_from_slice(name);
+            frame.extend_from_slice(&[0, 80]);
+            assert_eq!(
+                parse_request(&frame),
+                Err(CodecError::BadDomain),
+                "{name:?}"
+            );
+        }
         assert_eq!(
             CodecError::UnknownAddressType(7).reply_code(),
             Some(reply::ADDRESS_TYPE_NOT_SUPPORTED)
