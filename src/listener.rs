@@ -7,10 +7,11 @@ use crate::pump::Pump;
 use crate::runtime::Process;
 use crate::stats::Stats;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,8 @@ pub struct Config {
     pub trusted_hosts: TrustedHosts,
     pub keepalive: Keepalive,
     pub max_connections: Option<u64>,
+    /// Sessions at once from one client IP address (abuse control).
+    pub max_connections_per_ip: Option<u64>,
     pub reuse_port: bool,
     pub backlog: i32,
     /// Upstream chaining: every CONNECT leaves through this egress source.
@@ -105,6 +108,7 @@ impl Config {
             trusted_hosts: TrustedHosts::default(),
             keepalive: Keepalive::default(),
             max_connections: None,
+            max_connections_per_ip: None,
             reuse_port: false,
             backlog: 1024,
             egress: None,
@@ -134,11 +138,76 @@ pub struct Shared {
     pub accepting: AtomicBool,
     /// Auth cache and failure delays (see `auth::check_credentials`).
     pub auth: crate::auth::AuthState,
+    /// Live sessions per client IP, kept only with `max_connections_per_ip`.
+    per_ip: Mutex<HashMap<IpAddr, u64>>,
 }
 
 impl Shared {
+    pub fn new(config: Config, local_addr: SocketAddr, pump: Arc<Pump>) -> Self {
+        let auth = crate::auth::AuthState {
+            cache: config
+                .auth_cache
+                .clone()
+                .map(crate::auth_cache::AuthCache::new),
+            delay: crate::auth_cache::FailureDelay::new(config.auth_failure_delay.clone()),
+        };
+        Shared {
+            config,
+            auth,
+            local_addr,
+            stats: Stats::default(),
+            pump,
+            closing: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            accepting: AtomicBool::new(true),
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn close(&self) {
         self.closing.cancel();
+    }
+
+    /// Takes a per-IP slot for a new session, or `None` when `ip` is at the limit.
+    fn claim_ip(self: &Arc<Self>, ip: IpAddr, max: u64) -> Option<IpSlot> {
+        let ip = canonical_ip(ip);
+        let mut map = self.per_ip.lock().unwrap();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            shared: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One session's share of its client IP's count; released when the session ends
+/// (or its task is dropped), so the map holds only IPs with live sessions.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_ip.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// An IPv4 client on a dual-stack socket (::ffff:a.b.c.d) is the same client as a.b.c.d.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
     }
 }
 
@@ -149,23 +218,7 @@ pub fn start(process: &Process, mut config: Config) -> io::Result<Arc<Shared>> {
     let rt = process.runtime();
     let _enter = rt.enter();
     let listener = TcpListener::from_std(std_listener)?;
-    let auth = crate::auth::AuthState {
-        cache: config
-            .auth_cache
-            .clone()
-            .map(crate::auth_cache::AuthCache::new),
-        delay: crate::auth_cache::FailureDelay::new(config.auth_failure_delay.clone()),
-    };
-    let shared = Arc::new(Shared {
-        config,
-        auth,
-        local_addr,
-        stats: Stats::default(),
-        pump: process.pump().clone(),
-        closing: CancellationToken::new(),
-        abort: CancellationToken::new(),
-        accepting: AtomicBool::new(true),
-    });
+    let shared = Arc::new(Shared::new(config, local_addr, process.pump().clone()));
     match &shared.config.service {
         Service::Forward { source, to } => tracing::info!(
             "forwarder on {local_addr} -> {to} through egress source '{}'",
@@ -234,15 +287,34 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         continue;
                     }
                 }
+                let slot = match shared.config.max_connections_per_ip {
+                    None => None,
+                    Some(max) => match shared.claim_ip(peer.ip(), max) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            Stats::inc(&shared.stats.rejected);
+                            tracing::warn!(
+                                "listener {addr}: refusing {peer}: max_connections_per_ip ({max}) reached"
+                            );
+                            drop(stream);
+                            continue;
+                        }
+                    },
+                };
                 shared.stats.active.fetch_add(1, Ordering::Relaxed);
                 let shared = shared.clone();
+                // `slot` (per-IP count) is held by the task: released however it ends.
                 match &shared.config.service {
-                    Service::Socks5 => tokio::spawn(crate::session::serve(stream, peer, shared)),
+                    Service::Socks5 => tokio::spawn(async move {
+                        let _slot = slot;
+                        crate::session::serve(stream, peer, shared).await
+                    }),
                     Service::Forward { source, to } => {
                         let (source, to) = (source.clone(), to.clone());
-                        tokio::spawn(crate::egress::serve_forward(
-                            stream, peer, shared, source, to,
-                        ))
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            crate::egress::serve_forward(stream, peer, shared, source, to).await
+                        })
                     }
                 };
             }
@@ -315,5 +387,42 @@ mod tests {
         let s = SockRef::from(&accepted);
         assert!(s.tcp_nodelay().unwrap());
         assert!(!s.keepalive().unwrap());
+    }
+}
+
+#[cfg(test)]
+mod per_ip_tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        let pump = Arc::new(Pump::new().unwrap());
+        Arc::new(Shared::new(
+            Config::new(([127, 0, 0, 1], 0).into()),
+            ([127, 0, 0, 1], 0).into(),
+            pump,
+        ))
+    }
+
+    #[test]
+    fn per_ip_slots_are_counted_and_released() {
+        let s = shared();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let one = s.claim_ip(a, 2).expect("first slot");
+        let two = s
+            .claim_ip(mapped, 2)
+            .expect("second slot, same client via v4-mapped");
+        assert!(s.claim_ip(a, 2).is_none(), "third slot must be refused");
+        let other = s.claim_ip(b, 2).expect("another IP has its own count");
+        drop(one);
+        let three = s
+            .claim_ip(a, 2)
+            .expect("a released slot can be taken again");
+        drop((two, three, other));
+        assert!(
+            s.per_ip.lock().unwrap().is_empty(),
+            "no entry outlives its sessions"
+        );
     }
 }

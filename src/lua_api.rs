@@ -189,6 +189,9 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
         ka.finish()?;
     }
     c.max_connections = p.integer("max_connections", 1, i64::MAX)?.map(|n| n as u64);
+    c.max_connections_per_ip = p
+        .integer("max_connections_per_ip", 1, i64::MAX)?
+        .map(|n| n as u64);
     c.reuse_port = p.bool("reuse_port", false)?;
     c.backlog = p
         .integer("backlog", 1, 65535)?

@@ -639,16 +639,11 @@ mod tests {
         let a = l.local_addr().unwrap();
         let _c = tokio::net::TcpStream::connect(a).await.unwrap();
         let (s, peer) = l.accept().await.unwrap();
-        let shared = std::sync::Arc::new(crate::listener::Shared {
-            config: crate::listener::Config::new(a),
-            auth: Default::default(),
-            local_addr: a,
-            stats: Default::default(),
-            pump: std::sync::Arc::new(crate::pump::Pump::new().unwrap()),
-            closing: Default::default(),
-            abort: Default::default(),
-            accepting: Default::default(),
-        });
+        let shared = std::sync::Arc::new(crate::listener::Shared::new(
+            crate::listener::Config::new(a),
+            a,
+            std::sync::Arc::new(crate::pump::Pump::new().unwrap()),
+        ));
         let f = super::serve(s, peer, shared);
         let size = std::mem::size_of_val(&f);
         assert!(size <= 3 * 1024, "session future is {size} bytes");
