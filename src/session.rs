@@ -493,6 +493,14 @@ async fn connect(
         code,
         reason,
     };
+    if cfg!(fuzzing) {
+        // Fuzz input names arbitrary destinations: never resolve or dial them.
+        let _ = bound.take();
+        return Err(fail(
+            reply::CONNECTION_REFUSED,
+            "fuzzing: no outbound connections".into(),
+        ));
+    }
     // Built only on expiry: formatting it up front cost every session.
     let timed_out = || fail(reply::TTL_EXPIRED, format!("no connection within {t:?}"));
     within_else(t, timed_out, async {
@@ -648,4 +656,22 @@ mod tests {
         let size = std::mem::size_of_val(&f);
         assert!(size <= 3 * 1024, "session future is {size} bytes");
     }
+}
+
+/// Runs one session's SOCKS5 conversation over an in-memory stream: the entry
+/// point of the session fuzz target (`fuzz/`). Outbound connects are refused
+/// under `cfg(fuzzing)` (see `connect`).
+#[cfg(fuzzing)]
+pub async fn fuzz_session(
+    client: tokio::io::DuplexStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<(), SessionError> {
+    let meta = Arc::new(ConnMeta {
+        peer: PeerAddr(peer),
+        local: LocalAddr(shared.local_addr),
+        tls_client: None,
+        http_auth: None,
+    });
+    handle(ClientStream::Mem(client), &meta, shared).await
 }

@@ -13,6 +13,9 @@ use tokio::net::TcpStream;
 pub enum MaybeTls<T> {
     Plain(TcpStream),
     Tls(Box<T>),
+    /// In-memory client of the session fuzz target; never built otherwise.
+    #[cfg(fuzzing)]
+    Mem(tokio::io::DuplexStream),
 }
 
 /// Accepted from a client on a listener with `use_tls`.
@@ -25,6 +28,8 @@ impl ClientStream {
         match self {
             MaybeTls::Plain(s) => s,
             MaybeTls::Tls(s) => s.get_ref().0,
+            #[cfg(fuzzing)]
+            MaybeTls::Mem(_) => unreachable!("an in-memory fuzzing stream has no socket"),
         }
     }
 }
@@ -34,6 +39,8 @@ impl UpstreamStream {
         match self {
             MaybeTls::Plain(s) => s,
             MaybeTls::Tls(s) => s.get_ref().0,
+            #[cfg(fuzzing)]
+            MaybeTls::Mem(_) => unreachable!("an in-memory fuzzing stream has no socket"),
         }
     }
 }
@@ -47,6 +54,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(fuzzing)]
+            MaybeTls::Mem(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -60,6 +69,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(fuzzing)]
+            MaybeTls::Mem(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -67,6 +78,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(fuzzing)]
+            MaybeTls::Mem(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -74,6 +87,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(fuzzing)]
+            MaybeTls::Mem(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

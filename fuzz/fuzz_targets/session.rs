@@ -1,0 +1,163 @@
+//! A whole server session fed from fuzz input over an in-memory stream: greeting,
+//! method selection, RFC 1929 (answered through the real event pump by a stand-in
+//! host), BIND/CONNECT/UDP requests. Outbound connects are refused under
+//! cfg(fuzzing). Besides "no panic, no hang", it checks the security promises on
+//! every run: NOAUTH only for trusted peers without require_auth, and no request
+//! is ever answered before authentication succeeded.
+//!
+//! Input: byte 0 = flags (bit 0 require_auth, bit 1 auth handler registered,
+//! bit 2 untrusted peer, bits 3-5 chunk size 2^k), then the client's bytes.
+#![no_main]
+use kumoproxy::listener::{Config, Shared};
+use kumoproxy::pump::{self, Event, Pump, EVENT_AUTH_RFC1929};
+use kumoproxy::socks5;
+use libfuzzer_sys::fuzz_target;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct World {
+    rt: tokio::runtime::Runtime,
+    open: Arc<Shared>,
+    strict: Arc<Shared>,
+}
+
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        // Paused clock: timers fire as soon as every task waits, so a session
+        // that waits for its `timeout` costs no wall time (and a hang is a bug).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let pump = Arc::new(Pump::new().unwrap());
+        let shared = |require_auth| {
+            let mut c = Config::new(([127, 0, 0, 1], 1080).into());
+            c.require_auth = require_auth;
+            c.timeout = Duration::from_secs(5);
+            Arc::new(Shared::new(c, c_addr(), pump.clone()))
+        };
+        World {
+            open: shared(false),
+            strict: shared(true),
+            rt,
+        }
+    })
+}
+
+fn c_addr() -> SocketAddr {
+    ([127, 0, 0, 1], 1080).into()
+}
+
+/// The stand-in host: answers queued auth questions like a Lua handler would.
+async fn host(pump: &Pump) {
+    loop {
+        for ev in pump.drain() {
+            #[allow(irrefutable_let_patterns)]
+            if let Event::AuthRfc1929 {
+                username,
+                password,
+                reply,
+                ..
+            } = ev
+            {
+                let ok = username == b"alice" && password == b"secret";
+                let verdict = if ok {
+                    Ok(kumoproxy::auth::AuthInfo::single("alice", "ProxyAuthRfc1929"))
+                } else {
+                    Err("rejected by handler".to_string())
+                };
+                let _ = reply.send(verdict);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, input)) = data.split_first() else {
+        return;
+    };
+    let w = world();
+    let require_auth = flags & 1 != 0;
+    let handler = flags & 2 != 0;
+    let untrusted = flags & 4 != 0;
+    let chunk = 1usize << ((flags >> 3) & 7);
+    pump::set_registered(EVENT_AUTH_RFC1929, handler);
+    let shared = if require_auth { &w.strict } else { &w.open };
+    let peer: SocketAddr = if untrusted {
+        ([192, 0, 2, 1], 40000).into()
+    } else {
+        ([127, 0, 0, 1], 40000).into()
+    };
+
+    let out = w.rt.block_on(async {
+        let (client, server) = tokio::io::duplex(1024);
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let session = async {
+            let _ = kumoproxy::session::fuzz_session(server, peer, shared).await;
+        };
+        let feed = async {
+            for c in input.chunks(chunk) {
+                if wr.write_all(c).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            let _ = wr.shutdown().await;
+        };
+        let mut out = Vec::new();
+        let drain = async {
+            let _ = rd.read_to_end(&mut out).await;
+        };
+        tokio::select! {
+            _ = async { tokio::join!(session, feed, drain) } => {}
+            _ = host(&shared.pump) => unreachable!(),
+        }
+        out
+    });
+
+    // What the server said, frame by frame: method selection, then (RFC 1929)
+    // an auth status, then request replies.
+    if out.is_empty() {
+        return;
+    }
+    assert!(out.len() >= 2, "partial method selection {out:02x?}");
+    assert_eq!(out[0], socks5::VERSION);
+    let chosen = out[1];
+    if chosen == socks5::method::NO_AUTH {
+        assert!(!require_auth, "NOAUTH chosen with require_auth");
+        assert!(!untrusted, "NOAUTH chosen for an untrusted peer");
+    }
+    let mut rest = &out[2..];
+    match chosen {
+        socks5::method::NO_ACCEPTABLE => assert!(rest.is_empty(), "bytes after 0xFF"),
+        socks5::method::USERNAME_PASSWORD => {
+            if rest.is_empty() {
+                return;
+            }
+            assert!(handler || require_auth);
+            assert_eq!(&rest[..1], &[socks5::AUTH_VERSION]);
+            assert!(rest.len() >= 2);
+            let ok = rest[1] == 0;
+            rest = &rest[2..];
+            if !ok {
+                assert!(rest.is_empty(), "request answered after failed auth");
+                return;
+            }
+            assert!(handler, "auth succeeded with no handler");
+        }
+        socks5::method::NO_AUTH => {}
+        other => panic!("unexpected method 0x{other:02x}"),
+    }
+    // Replies: each one whole, successes only for BIND (connects are refused).
+    while !rest.is_empty() {
+        let Ok(Some((_, n))) = socks5::parse_reply(rest) else {
+            panic!("malformed reply {rest:02x?}");
+        };
+        rest = &rest[n..];
+    }
+});
