@@ -52,8 +52,19 @@ fn c_addr() -> SocketAddr {
     ([127, 0, 0, 1], 1080).into()
 }
 
-/// The stand-in host: answers queued auth questions like a Lua handler would.
+/// The pump's eventfd, borrowed for AsyncFd (the Pump keeps owning it).
+struct EventFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// The stand-in host: sleeps on the event fd like a real host, and answers
+/// queued auth questions like a Lua handler would.
 async fn host(pump: &Pump) {
+    let fd = tokio::io::unix::AsyncFd::new(EventFd(pump.fd())).unwrap();
     loop {
         for ev in pump.drain() {
             #[allow(irrefutable_let_patterns)]
@@ -73,7 +84,9 @@ async fn host(pump: &Pump) {
                 let _ = reply.send(verdict);
             }
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // drain() reset the eventfd: a question queued from now on wakes us.
+        let mut ready = fd.readable().await.unwrap();
+        ready.clear_ready();
     }
 }
 
