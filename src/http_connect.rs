@@ -106,19 +106,24 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
 
 /// A CONNECT request-target: `host:port`, `a.b.c.d:port` or `[v6]:port`.
 pub fn parse_authority(target: &str) -> Result<TargetAddr, String> {
+    // The target is quoted in error messages, which end up in log lines.
+    let shown = crate::logging::printable(target);
     if let Ok(a) = target.parse::<SocketAddr>() {
         return if a.port() == 0 {
-            Err(format!("'{target}': port 0"))
+            Err(format!("'{shown}': port 0"))
         } else {
             Ok(TargetAddr::Ip(a))
         };
     }
     let Some((host, port)) = target.rsplit_once(':') else {
-        return Err(format!("'{target}' is not host:port"));
+        return Err(format!("'{shown}' is not host:port"));
     };
     let port: u16 = match port.parse() {
         Ok(p) if p > 0 => p,
-        _ => return Err(format!("'{target}': bad port '{port}'")),
+        _ => {
+            let port = crate::logging::printable(port);
+            return Err(format!("'{shown}': bad port '{port}'"));
+        }
     };
     let valid = !host.is_empty()
         && host.len() <= 255
@@ -126,7 +131,7 @@ pub fn parse_authority(target: &str) -> Result<TargetAddr, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
     if !valid {
-        return Err(format!("'{target}': bad host name"));
+        return Err(format!("'{shown}': bad host name"));
     }
     Ok(TargetAddr::Domain(host.to_ascii_lowercase(), port))
 }
@@ -151,8 +156,10 @@ pub fn parse_credentials(value: &[u8]) -> Result<Credentials, String> {
         None => (value, &b""[..]),
     };
     if !scheme.eq_ignore_ascii_case(b"basic") {
+        // Only ever shown in messages (and so log lines): bounded and escaped.
+        let scheme: String = String::from_utf8_lossy(scheme).chars().take(32).collect();
         return Ok(Credentials::Other(
-            String::from_utf8_lossy(scheme).chars().take(32).collect(),
+            crate::logging::printable(&scheme).into_owned(),
         ));
     }
     if rest.is_empty() {
@@ -267,6 +274,8 @@ async fn authenticate(
             // or the Lua event. A user without a password is checked (and cached)
             // with an empty one; Lua still sees nil.
             let name = String::from_utf8_lossy(&user).into_owned();
+            // `name` is the identity; log lines get it with control characters escaped.
+            let shown = crate::logging::printable(&name).into_owned();
             let pw = password.clone().unwrap_or_default();
             let errored = AtomicBool::new(false);
             let errored_ref = &errored;
@@ -289,13 +298,13 @@ async fn authenticate(
             return match verdict {
                 Ok(info) => AuthOutcome::Proceed(with_cert(info)),
                 Err(why) if errored.load(Ordering::Relaxed) => {
-                    AuthOutcome::Error(format!("user '{name}': {why}"))
+                    AuthOutcome::Error(format!("user '{shown}': {why}"))
                 }
-                Err(why) => AuthOutcome::Challenge(format!("user '{name}': {why}")),
+                Err(why) => AuthOutcome::Challenge(format!("user '{shown}': {why}")),
             };
         }
         Some(Credentials::Basic { user, .. }) => {
-            let name = String::from_utf8_lossy(&user).into_owned();
+            let name = crate::logging::printable(&String::from_utf8_lossy(&user)).into_owned();
             why_not = format!("user '{name}': no {EVENT_HTTP_AUTH_BASIC} handler is registered")
         }
         Some(Credentials::Other(scheme)) => {
@@ -625,6 +634,18 @@ mod tests {
         );
         assert!(parse_credentials(b"Basic").is_err());
         assert!(parse_credentials(b"Basic !!!").is_err());
+        // Found by fuzz/http_head: the scheme is shown in log lines, escaped.
+        assert_eq!(
+            parse_credentials(b"\xff\xffWxpY2U6\t\tV 0"),
+            Ok(Credentials::Other("\u{fffd}\u{fffd}WxpY2U6\\t\\tV".into()))
+        );
+    }
+
+    #[test]
+    fn client_text_in_messages_is_escaped() {
+        let err = parse_authority("a\u{1b}[2J\u{85}b:x").unwrap_err();
+        assert!(!err.chars().any(char::is_control), "{err:?}");
+        assert!(err.contains("\\u{1b}[2J"), "{err:?}");
     }
 
     #[test]
