@@ -5,7 +5,8 @@
 #   bash fuzz/run.sh --runs N        each target for N executions (CI: .ci/run)
 #   bash fuzz/run.sh ... TARGET...   only these targets
 #
-# Targets: greeting, userpass, request, reply (the socks5.rs codecs) and session
+# Targets: greeting, userpass, request, reply (the socks5.rs codecs), http_head
+# (http_connect.rs: request head, CONNECT target, Basic credentials) and session
 # (a whole server session over an in-memory stream). Inputs start from the
 # committed corpus fuzz/corpus/TARGET; new inputs go to fuzz/work/TARGET and
 # crashes to fuzz/artifacts/TARGET/ (both ignored by git).
@@ -32,7 +33,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     mode=(-max_total_time="$1")
     shift
 fi
-all_targets="greeting userpass request reply session"
+all_targets="greeting userpass request reply http_head session"
 targets=${*:-$all_targets}
 
 triple=$(rustc -vV | sed -n 's/^host: //p')

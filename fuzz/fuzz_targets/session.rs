@@ -1,15 +1,18 @@
 //! A whole server session fed from fuzz input over an in-memory stream: greeting,
 //! method selection, RFC 1929 (answered through the real event pump by a stand-in
-//! host), BIND/CONNECT/UDP requests. Outbound connects are refused under
-//! cfg(fuzzing). Besides "no panic, no hang", it checks the security promises on
-//! every run: NOAUTH only for trusted peers without require_auth, and no request
-//! is ever answered before authentication succeeded.
+//! host), BIND/CONNECT/UDP requests, and HTTP CONNECT on a port that speaks both
+//! protocols. Outbound connects are refused under cfg(fuzzing). Besides "no
+//! panic, no hang", it checks the security promises on every SOCKS5 run: NOAUTH
+//! only for trusted peers without require_auth, and no request is ever answered
+//! before authentication succeeded; on HTTP, that require_auth never lets a
+//! CONNECT through without valid credentials.
 //!
-//! Input: byte 0 = flags (bit 0 require_auth, bit 1 auth handler registered,
-//! bit 2 untrusted peer, bits 3-5 chunk size 2^k), then the client's bytes.
+//! Input: byte 0 = flags (bit 0 require_auth, bit 1 auth handlers registered,
+//! bit 2 untrusted peer, bits 3-5 chunk size 2^k, bit 6 HTTP too), then the
+//! client's bytes.
 #![no_main]
 use kumoproxy::listener::{Config, Shared};
-use kumoproxy::pump::{self, Event, Pump, EVENT_AUTH_RFC1929};
+use kumoproxy::pump::{self, Event, Pump, EVENT_AUTH_RFC1929, EVENT_HTTP_AUTH_BASIC};
 use kumoproxy::socks5;
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
@@ -19,8 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct World {
     rt: tokio::runtime::Runtime,
-    open: Arc<Shared>,
-    strict: Arc<Shared>,
+    /// Indexed by require_auth + 2 * http.
+    listeners: [Arc<Shared>; 4],
 }
 
 fn world() -> &'static World {
@@ -34,15 +37,15 @@ fn world() -> &'static World {
             .build()
             .unwrap();
         let pump = Arc::new(Pump::new().unwrap());
-        let shared = |require_auth| {
-            let mut c = Config::new(([127, 0, 0, 1], 1080).into());
-            c.require_auth = require_auth;
+        let shared = |i: usize| {
+            let mut c = Config::new(c_addr());
+            c.require_auth = i & 1 != 0;
+            c.protocols.http = i & 2 != 0;
             c.timeout = Duration::from_secs(5);
             Arc::new(Shared::new(c, c_addr(), pump.clone()))
         };
         World {
-            open: shared(false),
-            strict: shared(true),
+            listeners: [shared(0), shared(1), shared(2), shared(3)],
             rt,
         }
     })
@@ -67,21 +70,31 @@ async fn host(pump: &Pump) {
     let fd = tokio::io::unix::AsyncFd::new(EventFd(pump.fd())).unwrap();
     loop {
         for ev in pump.drain() {
-            #[allow(irrefutable_let_patterns)]
-            if let Event::AuthRfc1929 {
-                username,
-                password,
-                reply,
-                ..
-            } = ev
-            {
-                let ok = username == b"alice" && password == b"secret";
-                let verdict = if ok {
-                    Ok(kumoproxy::auth::AuthInfo::single("alice", "ProxyAuthRfc1929"))
-                } else {
-                    Err("rejected by handler".to_string())
-                };
-                let _ = reply.send(verdict);
+            match ev {
+                Event::AuthRfc1929 {
+                    username,
+                    password,
+                    reply,
+                    ..
+                } => {
+                    let verdict = if username == b"alice" && password == b"secret" {
+                        Ok(kumoproxy::auth::AuthInfo::single("alice", "ProxyAuthRfc1929"))
+                    } else {
+                        Err("rejected by handler".to_string())
+                    };
+                    let _ = reply.send(verdict);
+                }
+                Event::HttpAuthBasic {
+                    user,
+                    password,
+                    reply,
+                    ..
+                } => {
+                    let ok = user == b"alice" && password.as_deref() == Some(b"secret");
+                    let _ = reply.send(Ok(ok));
+                }
+                #[allow(unreachable_patterns)]
+                _ => {} // an event this target does not know: dropped, fails closed
             }
         }
         // drain() reset the eventfd: a question queued from now on wakes us.
@@ -99,8 +112,10 @@ fuzz_target!(|data: &[u8]| {
     let handler = flags & 2 != 0;
     let untrusted = flags & 4 != 0;
     let chunk = 1usize << ((flags >> 3) & 7);
+    let http = flags & 64 != 0;
     pump::set_registered(EVENT_AUTH_RFC1929, handler);
-    let shared = if require_auth { &w.strict } else { &w.open };
+    pump::set_registered(EVENT_HTTP_AUTH_BASIC, handler);
+    let shared = &w.listeners[require_auth as usize + 2 * http as usize];
     let peer: SocketAddr = if untrusted {
         ([192, 0, 2, 1], 40000).into()
     } else {
@@ -133,11 +148,23 @@ fuzz_target!(|data: &[u8]| {
         out
     });
 
-    // What the server said, frame by frame: method selection, then (RFC 1929)
-    // an auth status, then request replies.
     if out.is_empty() {
         return;
     }
+    if http && input.first() != Some(&socks5::VERSION) {
+        // HTTP: one response; a tunnel (200) only with valid credentials when
+        // they are required. Outbound connects are refused, so a 200 can only
+        // come from a bug.
+        let head = String::from_utf8_lossy(&out[..out.len().min(32)]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 "), "{head:?}");
+        assert!(!head.starts_with("HTTP/1.1 200"), "tunnel without a destination: {head:?}");
+        if (require_auth || untrusted) && head.starts_with("HTTP/1.1 502") {
+            assert!(handler, "a connect attempted without credentials being checked");
+        }
+        return;
+    }
+    // What the server said, frame by frame: method selection, then (RFC 1929)
+    // an auth status, then request replies.
     assert!(out.len() >= 2, "partial method selection {out:02x?}");
     assert_eq!(out[0], socks5::VERSION);
     let chosen = out[1];
