@@ -414,6 +414,43 @@ describe('secure defaults', function()
     end
     figure('trace log of the password spec: %d lines, no password', select(2, err:gsub('\n', '')))
   end)
+
+  it('lets no client text forge a log line (usernames, domain names, HTTP credentials)', function()
+    local script = [[
+      local kp = require 'kumoproxy'
+      kp.on('proxy_server_auth_rfc1929', function(user)
+        if user:find('raise') then error('no such user') end
+        return false
+      end)
+      kp.on('http_server_validate_auth_basic', function() return false end)
+      local strict = kp.start_proxy_listener { listen = '127.0.0.1:0', require_auth = true,
+        protocols = { 'socks5', 'http' } }
+      local open = kp.start_proxy_listener { listen = '127.0.0.1:0' }
+      local function raw(l, bytes)
+        local hex = bytes:gsub('.', function(c) return ('%02x'):format(c:byte()) end)
+        kp.run_command(('python3 spec/support/socks.py raw --proxy %s --hex %s --read-timeout 5')
+          :format(l:local_addr(), hex))
+      end
+      local function userpass(u) return '\5\1\2\1' .. string.char(#u) .. u .. '\2pw' end
+      raw(strict, userpass('x\nFORGED-1 INFO line'))
+      raw(strict, userpass('raise\nFORGED-2 INFO line'))
+      local d = 'a\nFORGED-3 INFO line'
+      raw(open, '\5\1\0\5\1\0\3' .. string.char(#d) .. d .. '\0\80')
+      local b64 = 'dQpGT1JHRUQtNCBJTkZPIGxpbmU6cHc=' -- "u\nFORGED-4 INFO line:pw"
+      raw(strict, 'CONNECT example.com:443 HTTP/1.1\r\nProxy-Authorization: Basic ' .. b64 .. '\r\n\r\n')
+      kp.run_until(function() return strict:stats().failed == 3 and open:stats().failed == 1 end, 10)
+      print('failed ' .. strict:stats().failed .. ' ' .. open:stats().failed)
+    ]]
+    local out, rc, err = H.sh({ 'env', 'KUMOPROXY_LOG=info', H.lua, '-e', script }, { timeout = 60 })
+    assert.are.equal(0, rc, out .. err)
+    assert.matches('failed 3 1', out)
+    -- Each attempt was logged, on one line, with the newline escaped.
+    assert.matches("user 'x\\nFORGED%-1 INFO line'", err, 1, false)
+    assert.matches("denying user 'raise\\nFORGED%-2 INFO line'", err, 1, false)
+    assert.matches('control characters in domain name', err)
+    assert.matches("user 'u\\nFORGED%-4 INFO line'", err, 1, false)
+    assert.is_nil(err:find('\nFORGED', 1, true), err)
+  end)
 end)
 
 describe('graceful shutdown under load', function()
