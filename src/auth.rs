@@ -121,7 +121,11 @@ where
             Err(_) => {}
         }
     }
-    if verdict.is_err() {
+    // Only a decision that these credentials are wrong is evidence of guessing.
+    // A failure to decide (event queue full, no answer in time, service down)
+    // says nothing about the client: counting it would slow every client of an
+    // overloaded host for `forget_after` once the host has recovered.
+    if matches!(&verdict, Err(d) if d.cacheable) {
         state.delay.record_failure(ip);
     }
     verdict.map_err(|d| d.reason)
@@ -214,6 +218,51 @@ impl TrustedHosts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared() -> Shared {
+        let pump = Arc::new(crate::pump::Pump::new().unwrap());
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], 1080).into();
+        Shared::new(crate::listener::Config::new(addr), addr, pump)
+    }
+
+    fn meta(ip: [u8; 4]) -> Arc<ConnMeta> {
+        Arc::new(ConnMeta {
+            peer: PeerAddr((ip, 40000).into()),
+            local: LocalAddr(([127, 0, 0, 1], 1080).into()),
+            tls_client: None,
+            http_auth: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn only_decided_denials_delay_the_peer() {
+        let shared = shared();
+        let (guesser, overloaded) = (meta([10, 0, 0, 1]), meta([10, 0, 0, 2]));
+        let check = |m: &Arc<ConnMeta>, d: Denial| {
+            let m = m.clone();
+            let shared = &shared;
+            async move {
+                check_credentials(b"u", b"p", &m, shared, CONTEXT_RFC1929, || async { Err(d) })
+                    .await
+            }
+        };
+        assert!(check(&guesser, Denial::decided("rejected by handler"))
+            .await
+            .is_err());
+        let queue_full = crate::pump::AskError::Overloaded(4).to_string();
+        assert!(check(&overloaded, Denial::failed(queue_full))
+            .await
+            .is_err());
+        assert!(check(&overloaded, Denial::failed("no decision in time"))
+            .await
+            .is_err());
+        assert!(!shared.auth.delay.delay_for(guesser.peer.0.ip()).is_zero());
+        assert!(shared
+            .auth
+            .delay
+            .delay_for(overloaded.peer.0.ip())
+            .is_zero());
+    }
 
     #[test]
     fn trusted_default_is_loopback_only() {
