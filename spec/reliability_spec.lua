@@ -103,7 +103,7 @@ describe('slowloris and stalled peers', function()
   it('cuts 500 silent/one-byte clients at timeout and stalled tunnels at idle timeout, serving real clients meanwhile', function()
     kp.on(AUTH, users_handler)
     local timeout = 2
-    local l = H.listener { require_auth = true, timeout = timeout }
+    local l = H.listener { require_auth = true, timeout = timeout, allow_private_destinations = true }
     local out, rc = py('slowloris.py',
       ('--proxy %s --timeout %d --silent 250 --one-byte 250 --stalled 20 --user alice --password secret')
         :format(l:local_addr(), timeout), 180)
@@ -143,7 +143,10 @@ describe('soak', function()
 
   it(('%d mixed sessions: fds and threads back to baseline, bounded RSS, no CLOSE_WAIT'):format(SOAK_N), function()
     kp.on(AUTH, users_handler)
-    local l = H.listener { require_auth = true, timeout = 10 }
+    -- The soak counts leaks, not brute force: with auth_failure_delay on, every
+    -- 7th session failing from 127.0.0.1 would slow all of them to its 5 s cap.
+    local l = H.listener { require_auth = true, timeout = 10, allow_private_destinations = true,
+      auth_failure_delay = false }
     H.quiesce()
     local fds0, threads0, rss0 = session_fds(), H.thread_count(), rss_kib()
 
@@ -198,7 +201,7 @@ describe('event-queue overload', function()
       handled = handled + 1
       return users_handler(user, pass)
     end)
-    local l = H.listener { timeout = 60 }
+    local l = H.listener { timeout = 60, allow_private_destinations = true }
     local over0 = kp.runtime_stats().overloaded_events
     local p = io.popen(('python3 spec/support/overload.py --proxy %s --auth 20 --pending 4 --noauth 10 --after 2 2>&1')
       :format(l:local_addr()))
@@ -260,7 +263,7 @@ describe('abuse controls', function()
   end
 
   it('max_connections_per_ip refuses a client IP beyond its share and counts it', function()
-    local l = H.listener { max_connections_per_ip = 2 }
+    local l = H.listener { max_connections_per_ip = 2, allow_private_destinations = true }
     local a = assert(client_from('127.0.0.1', l:local_addr()))
     local b = assert(client_from('127.0.0.1', l:local_addr()))
     -- The third from the same IP is closed at once, without a SOCKS5 byte.
@@ -375,7 +378,8 @@ describe('secure defaults', function()
       kp.on('proxy_server_auth_rfc1929', function(user, pass)
         return user == 'alice' and pass == 'Pw-5ecret-XYZ'
       end)
-      local l = kp.start_proxy_listener { listen = '127.0.0.1:0', require_auth = true }
+      local l = kp.start_proxy_listener { listen = '127.0.0.1:0', require_auth = true,
+        allow_private_destinations = true }
       local proxy = l:local_addr()
       local echo = tonumber(os.getenv('ECHO_PORT'))
       for _, pw in ipairs { 'Pw-5ecret-XYZ', 'Wr0ng-Pw-QQQ' } do

@@ -8,8 +8,8 @@
 //! CONNECT through without valid credentials.
 //!
 //! Input: byte 0 = flags (bit 0 require_auth, bit 1 auth handlers registered,
-//! bit 2 untrusted peer, bits 3-5 chunk size 2^k, bit 6 HTTP too), then the
-//! client's bytes.
+//! bit 2 untrusted peer, bits 3-5 chunk size 2^k, bit 6 HTTP too, bit 7
+//! allow_private_destinations), then the client's bytes.
 #![no_main]
 use kumoproxy::listener::{Config, Shared};
 use kumoproxy::pump::{self, Event, Pump, EVENT_AUTH_RFC1929, EVENT_HTTP_AUTH_BASIC};
@@ -22,8 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct World {
     rt: tokio::runtime::Runtime,
-    /// Indexed by require_auth + 2 * http.
-    listeners: [Arc<Shared>; 4],
+    /// Indexed by require_auth + 2 * http + 4 * allow_private_destinations.
+    listeners: [Arc<Shared>; 8],
 }
 
 fn world() -> &'static World {
@@ -42,10 +42,17 @@ fn world() -> &'static World {
             c.require_auth = i & 1 != 0;
             c.protocols.http = i & 2 != 0;
             c.timeout = Duration::from_secs(5);
+            // Keep runs independent of each other: no per-peer state across inputs.
+            c.auth_failure_delay = None;
+            if i & 4 != 0 {
+                // allow_private_destinations: the fuzzed targets reach the
+                // connect step (refused under cfg(fuzzing)) instead of the ACL.
+                c.permissions = Arc::new(kumoproxy::permissions::Permissions::default());
+            }
             Arc::new(Shared::new(c, c_addr(), pump.clone()))
         };
         World {
-            listeners: [shared(0), shared(1), shared(2), shared(3)],
+            listeners: std::array::from_fn(shared),
             rt,
         }
     })
@@ -115,7 +122,8 @@ fuzz_target!(|data: &[u8]| {
     let http = flags & 64 != 0;
     pump::set_registered(EVENT_AUTH_RFC1929, handler);
     pump::set_registered(EVENT_HTTP_AUTH_BASIC, handler);
-    let shared = &w.listeners[require_auth as usize + 2 * http as usize];
+    let allow_private = flags & 128 != 0;
+    let shared = &w.listeners[require_auth as usize + 2 * http as usize + 4 * allow_private as usize];
     let peer: SocketAddr = if untrusted {
         ([192, 0, 2, 1], 40000).into()
     } else {

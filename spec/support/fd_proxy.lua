@@ -3,7 +3,8 @@
 -- at stdin EOF. Needs no Lua decision (loopback clients, no auth), so blocking
 -- on stdin never stalls a session.
 local kp = require 'kumoproxy'
-local l = kp.start_proxy_listener { listen = '127.0.0.1:0', timeout = '60 seconds' }
+local l = kp.start_proxy_listener { listen = '127.0.0.1:0', timeout = '60 seconds',
+  allow_private_destinations = true }
 print('READY ' .. l:local_addr())
 io.stdout:flush()
 for line in io.lines() do

@@ -7,6 +7,7 @@ end)
 local l = kp.start_proxy_listener {
   listen = '127.0.0.1:0',
   require_auth = true,
+  allow_private_destinations = true,
   timeout = '60 seconds',
 }
 print('READY ' .. l:local_addr())

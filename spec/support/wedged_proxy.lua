@@ -7,7 +7,8 @@ kp.on('proxy_server_auth_rfc1929', function()
   io.stdout:flush()
   while true do end
 end)
-local l = kp.start_proxy_listener { listen = '127.0.0.1:0', timeout = os.getenv('KUMOPROXY_TIMEOUT') or 1 }
+local l = kp.start_proxy_listener { listen = '127.0.0.1:0', timeout = os.getenv('KUMOPROXY_TIMEOUT') or 1,
+  allow_private_destinations = true }
 print('READY ' .. l:local_addr())
 io.stdout:flush()
 kp.run()
