@@ -103,7 +103,7 @@ where
 {
     let state = &shared.auth;
     let ip = meta.peer.0.ip();
-    state.delay.wait(ip).await;
+    state.delay.wait(ip, shared.config.timeout).await;
     if let Some(hit) = state.cache.as_ref().and_then(|c| c.get(username, password)) {
         if hit.is_err() {
             state.delay.record_failure(ip);

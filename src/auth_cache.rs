@@ -239,8 +239,10 @@ impl FailureDelay {
         }
     }
 
-    pub async fn wait(&self, ip: IpAddr) {
-        let d = self.delay_for(ip);
+    /// Sleeps this peer's delay, at most `cap` (the listener's `timeout`: a delay
+    /// longer than the client is allowed to wait would only look like a hang).
+    pub async fn wait(&self, ip: IpAddr, cap: Duration) {
+        let d = self.delay_for(ip).min(cap);
         if !d.is_zero() {
             tracing::debug!("auth attempt from {ip} delayed {d:?} after recent failures");
             tokio::time::sleep(d).await;
