@@ -202,11 +202,11 @@ def render(results, a):
                  "`+authcache` adds `auth_cache`, so repeat logins do not reach Lua. "
                  "dante supports RFC 1929 only against system accounts and is not measured.")
     if auth:
-        head = ["proxy", "auth ÷ no-auth c=1", "c=16", "c=64"]
+        head = ["auth ÷ no-auth", "c=1", "c=16", "c=64"]
         rows = []
         for l in auth:
             base = l.split("+")[0]
-            rows.append([base] + [rfmt(ratio(gc(l, c), gc(base, c))) for c in (1, 16, 64)])
+            rows.append([f"{l} ÷ {base}"] + [rfmt(ratio(gc(l, c), gc(base, c))) for c in (1, 16, 64)])
         say(table(head, rows) + "\n")
 
     # ---------------------------------------------------------------- TLS
@@ -334,7 +334,7 @@ def render(results, a):
         busy = [r["sys_busy_before"] for r in timed]
         other = [r["other_cpu_s"] for r in timed if r.get("other_cpu_s") is not None]
         say("### Noise\n")
-        say(f"{len(timed)} timed measurements. Machine busy in the 0.5 s before each "
+        say(f"{len(timed)} timed measurements. Machine busy just before each "
             f"(`sys_busy_before`, both CPUs): median {100 * statistics.median(busy):.0f}%, "
             f"max {100 * max(busy):.0f}%; {len(noisy)} above {100 * NOISY_BUSY:.0f}% (counted in the "
             f"medians; the [min–max] ranges show their effect). CPU used during the windows by "
