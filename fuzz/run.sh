@@ -26,8 +26,10 @@ if ! command -v cargo >/dev/null && [ -f "$HOME/.cargo/env" ]; then
 fi
 
 mode=(-max_total_time=60)
+profile=release
 if [ "${1:-}" = "--runs" ]; then
     mode=(-runs="$2")
+    profile=ci   # a quicker build for a bounded run (see fuzz/Cargo.toml)
     shift 2
 elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     mode=(-max_total_time="$1")
@@ -44,7 +46,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cdebug-assertions -Coverflow-checks"
 # Only the runtime of the fuzzed crate is instrumented code we care about; the
 # target dir is separate from the module's so the two builds never invalidate each other.
-if ! cargo build --release --bins --target "$triple" --target-dir target 2>build.log; then
+if ! cargo build --profile "$profile" --bins --target "$triple" --target-dir target 2>build.log; then
     tail -40 build.log
     echo "!!! fuzz build failed (full log: fuzz/build.log)"
     echo "0 passed, 1 failed"
@@ -55,7 +57,7 @@ passed=0 failed=0
 for t in $targets; do
     mkdir -p "work/$t" "artifacts/$t"
     log="artifacts/$t/last-run.log"
-    if "target/$triple/release/$t" "${mode[@]}" -print_final_stats=1 \
+    if "target/$triple/$profile/$t" "${mode[@]}" -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" -timeout=10 -rss_limit_mb=1024 \
         "work/$t" "corpus/$t" >"$log" 2>&1; then
         execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
