@@ -139,6 +139,20 @@ function H.raw(proxy, hexbytes, read_timeout)
   return table.concat(lines), last
 end
 
+-- Throwaway test PKI (spec/support/make_certs.sh) in a fresh temp dir; returns
+-- the dir. Remove it with H.remove_pki(dir).
+function H.make_pki()
+  local dir = os.tmpname()
+  os.remove(dir)
+  local _, rc, err = H.sh('bash spec/support/make_certs.sh ' .. dir)
+  assert(rc == 0, err)
+  return dir
+end
+
+function H.remove_pki(dir)
+  os.execute('rm -rf ' .. dir)
+end
+
 function H.listener(params)
   params.listen = params.listen or '127.0.0.1:0'
   return kp.start_proxy_listener(params)
