@@ -6,7 +6,8 @@
 #   bash fuzz/run.sh ... TARGET...   only these targets
 #
 # Targets: greeting, userpass, request, reply (the socks5.rs codecs), http_head
-# (http_connect.rs: request head, CONNECT target, Basic credentials) and session
+# (http_connect.rs: request head, CONNECT target, Basic credentials), udp_header
+# (proto/socks5_udp.rs: the UDP ASSOCIATE datagram header) and session
 # (a whole server session over an in-memory stream). Inputs start from the
 # committed corpus fuzz/corpus/TARGET; new inputs go to fuzz/work/TARGET and
 # crashes to fuzz/artifacts/TARGET/ (both ignored by git).
@@ -35,7 +36,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     mode=(-max_total_time="$1")
     shift
 fi
-all_targets="greeting userpass request reply http_head session"
+all_targets="greeting userpass request reply http_head session udp_header"
 targets=${*:-$all_targets}
 
 triple=$(rustc -vV | sed -n 's/^host: //p')

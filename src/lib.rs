@@ -19,6 +19,8 @@
 //! - `lua_egress` — make_egress_source, egress source and connection objects
 //! - `lua_http` — start_http_listener and its object, the `protocols` parameter
 //! - `runtime`  — per-process tokio runtime, fork-aware
+//! - `proto::socks5_udp` — RFC 1928 §7 UDP request header codec (pure)
+//! - `server::udp` — UDP ASSOCIATE relay engine
 //! - `params`, `net`, `stats`, `signals`, `logging` — small shared pieces
 
 pub mod auth;
@@ -39,9 +41,11 @@ pub mod net;
 pub mod params;
 pub mod permissions;
 pub mod policy;
+pub mod proto;
 pub mod pump;
 pub mod relay;
 pub mod runtime;
+pub mod server;
 pub mod session;
 pub mod signals;
 pub mod socks5;
