@@ -28,6 +28,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+/// UDP ASSOCIATE through an egress source (the client side of RFC 1928 §7).
+pub mod udp;
+
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What `make_egress_source` was given, before validation. Secrets are already
@@ -486,6 +489,31 @@ impl EgressSource {
         target: &TargetAddr,
         deadline: Instant,
     ) -> Result<Connected, EgressError> {
+        let (mut stream, local, peer) = self.open_proxy(proxy, deadline).await?;
+        let server = peer.to_string();
+        let bound = within(
+            left(deadline),
+            fail(
+                reply::TTL_EXPIRED,
+                format!("timeout in SOCKS5 handshake with proxy {server}"),
+            ),
+            handshake(&mut stream, proxy, Command::Connect, target, &server),
+        )
+        .await?;
+        Ok(Connected {
+            stream,
+            local,
+            peer,
+            proxy_bound: Some(bound),
+        })
+    }
+
+    /// TCP (and TLS when configured) to the proxy: the stream, our end, the proxy's.
+    async fn open_proxy(
+        &self,
+        proxy: &Proxy,
+        deadline: Instant,
+    ) -> Result<(EgressStream, SocketAddr, SocketAddr), EgressError> {
         let server = proxy.server();
         let general = reply::GENERAL_FAILURE;
         let tcp = within(
@@ -511,7 +539,7 @@ impl EgressSource {
         .await?;
         let (local, peer) = addrs_of(&tcp)?;
         let server = peer.to_string();
-        let mut stream = match &proxy.tls {
+        let stream = match &proxy.tls {
             None => EgressStream::Plain(tcp),
             Some(tls) => {
                 let s = within(
@@ -531,21 +559,7 @@ impl EgressSource {
                 EgressStream::Tls(Box::new(s))
             }
         };
-        let bound = within(
-            left(deadline),
-            fail(
-                reply::TTL_EXPIRED,
-                format!("timeout in SOCKS5 handshake with proxy {server}"),
-            ),
-            handshake(&mut stream, proxy, target, &server),
-        )
-        .await?;
-        Ok(Connected {
-            stream,
-            local,
-            peer,
-            proxy_bound: Some(bound),
-        })
+        Ok((stream, local, peer))
     }
 }
 
@@ -612,11 +626,13 @@ fn tls_error(e: io::Error, server: &str, name: &ServerName<'_>) -> EgressError {
     fail(reply::GENERAL_FAILURE, msg)
 }
 
-/// Greeting, RFC 1929, optional BIND for the source address, CONNECT.
-/// Returns the bound address from the CONNECT reply.
+/// Greeting, RFC 1929, optional BIND for the source address, then `command`
+/// (CONNECT, or UDP ASSOCIATE whose `target` is our UDP address). Returns the
+/// bound address from its reply.
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     proxy: &Proxy,
+    command: Command,
     target: &TargetAddr,
     server: &str,
 ) -> Result<TargetAddr, EgressError> {
@@ -709,15 +725,19 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let req = Request {
-        command: Command::Connect,
+        command,
         target: target.clone(),
     };
-    let r = request(io, &req, "CONNECT reply", &io_err, &codec_err).await?;
+    let (step, doing) = match command {
+        Command::UdpAssociate => ("UDP ASSOCIATE reply", "for UDP ASSOCIATE".to_string()),
+        _ => ("CONNECT reply", format!("connecting to {target}")),
+    };
+    let r = request(io, &req, step, &io_err, &codec_err).await?;
     if r.code != reply::SUCCEEDED {
         return Err(fail(
             r.code,
             format!(
-                "socks5: {} (0x{:02x}) connecting to {target} via proxy {server}",
+                "socks5: {} (0x{:02x}) {doing} via proxy {server}",
                 socks5::reply_text(r.code),
                 r.code
             ),

@@ -61,6 +61,8 @@ pub struct Config {
     pub allowed_source_addresses: Option<Vec<ipnet::IpNet>>,
     /// Which protocols this port speaks; the client's first byte picks one.
     pub protocols: Protocols,
+    /// `udp = true` and its settings; `None`: UDP ASSOCIATE is refused (0x07).
+    pub udp: Option<crate::server::udp::UdpListenerConfig>,
     /// Set by `start`: TCP_NODELAY and keepalive were set on the listening socket,
     /// and accepted sockets inherit them (Linux), so sessions skip those syscalls.
     pub sockopts_inherited: bool,
@@ -121,6 +123,7 @@ impl Config {
             permissions: Arc::new(crate::permissions::Permissions::private_destinations()),
             allowed_source_addresses: None,
             sockopts_inherited: false,
+            udp: None,
         }
     }
 }
@@ -130,6 +133,8 @@ pub struct Shared {
     pub config: Config,
     pub local_addr: SocketAddr,
     pub stats: Stats,
+    /// UDP ASSOCIATE counters (all zero without `udp = true`).
+    pub udp: Arc<crate::server::udp::UdpCounters>,
     pub pump: Arc<Pump>,
     /// Cancelled by `close()`/shutdown: stop accepting; sessions go on.
     pub closing: CancellationToken,
@@ -156,6 +161,7 @@ impl Shared {
             auth,
             local_addr,
             stats: Stats::default(),
+            udp: Arc::default(),
             pump,
             closing: CancellationToken::new(),
             abort: CancellationToken::new(),

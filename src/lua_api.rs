@@ -207,6 +207,7 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
         ));
     }
     c.protocols = crate::lua_http::protocols_param(&mut p)?;
+    c.udp = crate::lua::udp::udp_params(&mut p)?;
     auth_params(&mut p, &mut c)?;
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
@@ -462,6 +463,9 @@ impl UserData for LuaListener {
         methods.add_method("stats", |lua, this, ()| {
             let t = lua.create_table()?;
             for (k, v) in this.shared.stats.snapshot() {
+                t.set(k, v)?;
+            }
+            for (k, v) in this.shared.udp.snapshot() {
                 t.set(k, v)?;
             }
             t.set(

@@ -187,7 +187,7 @@ pub struct LuaEgressSource {
     source: Arc<EgressSource>,
 }
 
-fn port_arg(v: &Value, what: &str) -> mlua::Result<u16> {
+pub(crate) fn port_arg(v: &Value, what: &str) -> mlua::Result<u16> {
     let n = match v {
         Value::Integer(i) => *i as f64,
         Value::Number(n) => *n,
@@ -237,6 +237,10 @@ impl UserData for LuaEgressSource {
                 }
             },
         );
+        // src:udp_associate([{ connect_timeout, family }]) -> association | nil, err
+        methods.add_method("udp_associate", |lua, this, opts: Value| {
+            crate::lua::udp::udp_associate(lua, &this.source, opts)
+        });
         // src:forward{ listen = '127.0.0.1:0', to = 'host:port', timeout = idle }
         methods.add_method("forward", |_, this, v: Value| {
             let mut p = Params::new("egress_source:forward", v)?;

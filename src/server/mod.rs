@@ -1,1 +1,2 @@
 pub mod udp;
+pub mod udp_session;

@@ -99,6 +99,10 @@ pub struct UdpCounters {
     pub dropped_send_error: AtomicU64,
     /// Name lookups done (cache misses): a check that floods do not cause lookups.
     pub dns_lookups: AtomicU64,
+    /// Refused at `max_udp_associations`.
+    pub associations_refused: AtomicU64,
+    /// Slots held by sessions (see `claim`), from the request to the end.
+    claimed: AtomicU64,
 }
 
 impl UdpCounters {
@@ -128,6 +132,7 @@ impl UdpCounters {
         vec![
             ("udp_associations_active", l(&self.associations_active)),
             ("udp_associations_total", l(&self.associations_total)),
+            ("udp_associations_refused", l(&self.associations_refused)),
             ("udp_datagrams_to_remote", l(&self.datagrams_to_remote)),
             ("udp_bytes_to_remote", l(&self.bytes_to_remote)),
             ("udp_datagrams_to_client", l(&self.datagrams_to_client)),
@@ -144,6 +149,56 @@ impl UdpCounters {
             ("udp_dropped_send_error", l(&self.dropped_send_error)),
             ("udp_dns_lookups", l(&self.dns_lookups)),
         ]
+    }
+}
+
+/// A listener's `udp*` parameters; the listener has none without `udp = true`.
+#[derive(Debug, Clone)]
+pub struct UdpListenerConfig {
+    /// Put in the reply instead of the relay socket's address (NAT, DNAT).
+    pub advertise_address: Option<IpAddr>,
+    pub idle_timeout: Duration,
+    pub filter: UdpFilter,
+    pub max_associations: Option<u64>,
+}
+
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Default for UdpListenerConfig {
+    fn default() -> Self {
+        UdpListenerConfig {
+            advertise_address: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            filter: UdpFilter::AddressRestricted,
+            max_associations: None,
+        }
+    }
+}
+
+/// One of a listener's `max_udp_associations` slots, held by a session.
+pub struct AssociationSlot(Arc<UdpCounters>);
+
+impl std::ops::Drop for AssociationSlot {
+    fn drop(&mut self) {
+        self.0.claimed.fetch_sub(1, Relaxed);
+    }
+}
+
+impl UdpCounters {
+    /// A slot under `max`, or `None` (counted in `udp_associations_refused`).
+    /// Taken before the relay socket is opened, so the bound holds for fds too.
+    pub fn claim(self: &Arc<Self>, max: Option<u64>) -> Option<AssociationSlot> {
+        let limit = max.unwrap_or(u64::MAX);
+        let r = self
+            .claimed
+            .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1));
+        match r {
+            Ok(_) => Some(AssociationSlot(self.clone())),
+            Err(_) => {
+                self.associations_refused.fetch_add(1, Relaxed);
+                None
+            }
+        }
     }
 }
 
@@ -168,12 +223,10 @@ pub enum UdpFilter {
 
 /// The remote leg: direct sockets, or an upstream SOCKS5 server's UDP relay.
 pub enum Outbound {
-    /// One socket per family, created on first use, bound to the source
-    /// address for that family when given (else the unspecified address).
-    Direct {
-        source_v4: Option<Ipv4Addr>,
-        source_v6: Option<Ipv6Addr>,
-    },
+    /// One socket per family, created on first use, bound to the unspecified
+    /// address; with a `source`, only its family, bound to it (as for CONNECT:
+    /// a chosen source address is never silently replaced by another).
+    Direct { source: Option<IpAddr> },
     /// Datagrams keep their SOCKS5 header and go to `relay` (the address the
     /// upstream's UDP ASSOCIATE reply gave) from `socket`; the upstream resolves
     /// names. The session keeps the upstream control connection open and
@@ -307,8 +360,8 @@ impl Key {
 struct Cfg {
     label: String,
     client_ip: IpAddr,
-    /// Source addresses for direct outbound sockets; `None` through an upstream.
-    direct: Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
+    /// `Some(source)` for direct outbound sockets; `None` through an upstream.
+    direct: Option<Option<IpAddr>>,
     policy: Arc<dyn UdpPolicy>,
     filter: UdpFilter,
     idle_timeout: Duration,
@@ -405,10 +458,7 @@ impl Relay {
             cancel,
         } = a;
         let (direct, upstream) = match outbound {
-            Outbound::Direct {
-                source_v4,
-                source_v6,
-            } => (Some((source_v4, source_v6)), None),
+            Outbound::Direct { source } => (Some(source), None),
             Outbound::Upstream { relay, socket } => (None, Some((relay, Leg::new(socket)?))),
         };
         Ok(Relay {
@@ -846,18 +896,15 @@ impl Relay {
     /// The outbound socket of a family, created on first use; `None` when it
     /// cannot be (no such family here): remembered, not retried per datagram.
     fn open_leg(&mut self, id: LegId) -> Option<&Leg> {
-        let (source_v4, source_v6) = self.a.direct?;
-        let (slot, bind) = match id {
-            LegId::V4 => (
-                &mut self.v4,
-                SocketAddr::from((source_v4.unwrap_or(Ipv4Addr::UNSPECIFIED), 0)),
-            ),
-            LegId::V6 => (
-                &mut self.v6,
-                SocketAddr::from((source_v6.unwrap_or(Ipv6Addr::UNSPECIFIED), 0)),
-            ),
+        let source = self.a.direct?;
+        let (slot, ip) = match (id, source) {
+            (LegId::V4, None) => (&mut self.v4, Ipv4Addr::UNSPECIFIED.into()),
+            (LegId::V6, None) => (&mut self.v6, Ipv6Addr::UNSPECIFIED.into()),
+            (LegId::V4, Some(ip @ IpAddr::V4(_))) => (&mut self.v4, ip),
+            (LegId::V6, Some(ip @ IpAddr::V6(_))) => (&mut self.v6, ip),
             _ => return None,
         };
+        let bind = SocketAddr::new(ip, 0);
         if slot.is_none() {
             let made = bind_udp(bind).and_then(Leg::new);
             if let Err(e) = &made {
@@ -1051,10 +1098,7 @@ mod tests {
                 relay,
                 socket: bind_udp(SocketAddr::new(o.local, 0)).unwrap(),
             },
-            None => Outbound::Direct {
-                source_v4: None,
-                source_v6: None,
-            },
+            None => Outbound::Direct { source: None },
         };
         let a = UdpAssociation {
             label: format!("udp test {relay}"),
