@@ -572,7 +572,6 @@ impl Relay {
                 Err(e) if transient(&e) => continue,
                 Err(e) => return Err(e),
             };
-            self.last_activity = Instant::now();
             self.pending.clear();
             self.extra.clear();
             for i in 0..n {
@@ -589,6 +588,11 @@ impl Relay {
                     }
                     off += len;
                 }
+            }
+            // Only relayed datagrams keep an association alive: a stranger
+            // sending to the relay port must not hold it open.
+            if !self.pending.is_empty() {
+                self.last_activity = Instant::now();
             }
             self.flush().await;
             if n < SLOTS {
