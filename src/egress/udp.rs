@@ -6,9 +6,12 @@
 //! reply, each with the §7 header. Without a proxy: a plain UDP socket bound
 //! to the source's `source_address`, datagrams going straight out.
 
-use super::{fail, handshake, left, EgressError, EgressSource, EgressStream};
-use crate::net::within;
-use crate::socks5::{reply, Command, TargetAddr};
+use crate::egress::connect::left;
+use crate::egress::socks5_client::handshake;
+use crate::egress::source::{fail, EgressError, EgressSource, EgressStream};
+use crate::host::net::within;
+use crate::host::udp::bind_udp;
+use crate::proto::socks5::{reply, Command, TargetAddr};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -43,7 +46,7 @@ impl EgressSource {
         let general = reply::GENERAL_FAILURE;
         let Some(proxy) = &self.proxy else {
             let ip = self.source_address.unwrap_or_else(|| unspecified(v4));
-            let socket = crate::server::udp::bind_udp(SocketAddr::new(ip, 0))
+            let socket = bind_udp(SocketAddr::new(ip, 0))
                 .map_err(|e| fail(general, format!("cannot open a UDP socket on {ip}: {e}")))?;
             return Ok(UdpUpstream {
                 control: None,
@@ -56,7 +59,7 @@ impl EgressSource {
         let server = peer.to_string();
         // Our socket first, on the address the proxy sees us from, so the
         // request names its port: relays that match the client's port need it.
-        let socket = crate::server::udp::bind_udp(SocketAddr::new(local.ip(), 0)).map_err(|e| {
+        let socket = bind_udp(SocketAddr::new(local.ip(), 0)).map_err(|e| {
             fail(
                 general,
                 format!("cannot open a UDP socket on {}: {e}", local.ip()),

@@ -3,7 +3,8 @@
 
 use crate::egress::udp::UdpUpstream;
 use crate::egress::EgressSource;
-use crate::params::{err, Params};
+use crate::lua::params::{err, parse_duration, port_arg, Params};
+use crate::lua::pumping::block_pumping;
 use crate::proto::socks5_udp;
 use crate::server::udp::{UdpFilter, UdpListenerConfig};
 use mlua::{Lua, MultiValue, UserData, UserDataMethods, Value};
@@ -51,7 +52,7 @@ pub fn udp_params(p: &mut Params) -> mlua::Result<Option<UdpListenerConfig>> {
                 "udp_filter",
                 format!(
                     "unknown filter {:?} (use 'address-restricted' or 'endpoint-independent')",
-                    crate::logging::printable(other)
+                    crate::proto::text::printable(other)
                 ),
             ))
         }
@@ -111,7 +112,7 @@ fn block<T: Send + 'static>(
     lua: &Lua,
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> mlua::Result<T> {
-    crate::lua_api::block_pumping(lua, fut)
+    block_pumping(lua, fut)
 }
 
 impl UserData for LuaUdpAssociation {
@@ -121,7 +122,7 @@ impl UserData for LuaUdpAssociation {
             "sendto",
             |lua, this, (data, host, port): (mlua::LuaString, String, Value)| {
                 let what = "udp_association:sendto";
-                let port = crate::lua_egress::port_arg(&port, what)?;
+                let port = port_arg(&port, what)?;
                 let target =
                     crate::egress::target(&host, port).map_err(|e| err(format!("{what}: {e}")))?;
                 let up = match this.get()? {
@@ -144,7 +145,7 @@ impl UserData for LuaUdpAssociation {
                                 .map_err(|e| e.to_string())
                         }
                         None => {
-                            let to = crate::net::resolve(&target, None)
+                            let to = crate::host::net::resolve(&target, None)
                                 .await
                                 .map_err(|(_, m)| m)?;
                             let local_v4 =
@@ -173,7 +174,7 @@ impl UserData for LuaUdpAssociation {
             let timeout = match timeout {
                 Value::Nil => None,
                 v => Some(
-                    crate::params::parse_duration(&v)
+                    parse_duration(&v)
                         .map_err(|e| err(format!("udp_association:receivefrom: timeout: {e}")))?,
                 ),
             };
@@ -232,7 +233,7 @@ impl UserData for LuaUdpAssociation {
 async fn receive(
     up: &UdpUpstream,
     timeout: Option<Duration>,
-) -> Result<(Vec<u8>, crate::socks5::TargetAddr), String> {
+) -> Result<(Vec<u8>, crate::proto::socks5::TargetAddr), String> {
     let fut = async {
         let mut buf = vec![0u8; RECV_BUF];
         loop {
@@ -242,7 +243,10 @@ async fn receive(
                 .await
                 .map_err(|e| e.to_string())?;
             let Some(relay) = up.relay else {
-                return Ok((buf[..n].to_vec(), crate::socks5::TargetAddr::Ip(from)));
+                return Ok((
+                    buf[..n].to_vec(),
+                    crate::proto::socks5::TargetAddr::Ip(from),
+                ));
             };
             if !same(from, relay) {
                 tracing::debug!(
@@ -265,7 +269,7 @@ async fn receive(
 }
 
 fn same(a: SocketAddr, b: SocketAddr) -> bool {
-    crate::permissions::canonical(a.ip()) == crate::permissions::canonical(b.ip())
+    crate::policy::permissions::canonical(a.ip()) == crate::policy::permissions::canonical(b.ip())
         && a.port() == b.port()
 }
 
@@ -289,7 +293,7 @@ pub fn udp_associate(
                     "family",
                     format!(
                         "expected 'inet' or 'inet6', got {:?}",
-                        crate::logging::printable(other)
+                        crate::proto::text::printable(other)
                     ),
                 ))
             }

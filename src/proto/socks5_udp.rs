@@ -14,7 +14,7 @@
 //! (`write_header_before`), so a relay receives into a buffer with headroom
 //! and sends without copying the payload.
 
-use crate::socks5::TargetAddr;
+use crate::proto::socks5::TargetAddr;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -28,8 +28,10 @@
 //! goes out from where it was received: the reply header is written in front
 //! of the payload in the receive buffer (headroom), no copy.
 
+pub use crate::host::udp::bind_udp;
+use crate::policy::permissions::canonical;
+use crate::proto::socks5::TargetAddr;
 use crate::proto::socks5_udp::{self, UdpHeaderError, MAX_IP_HEADER};
-use crate::socks5::TargetAddr;
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -608,9 +610,7 @@ impl Relay {
     }
 
     fn is_client(&mut self, from: SocketAddr) -> bool {
-        if crate::permissions::canonical(from.ip())
-            != crate::permissions::canonical(self.a.client_ip)
-        {
+        if canonical(from.ip()) != canonical(self.a.client_ip) {
             return false;
         }
         match self.client_port {
@@ -700,7 +700,7 @@ impl Relay {
         if id == LegId::Upstream {
             return self.on_upstream(client, from, s, e);
         }
-        let from = SocketAddr::new(crate::permissions::canonical(from.ip()), from.port());
+        let from = SocketAddr::new(canonical(from.ip()), from.port());
         if !self.allowed_peer(from.ip()) {
             return self.log_drop(Drop::Unsolicited, 1, || {
                 format!("from {from}, which the client has not sent to")
@@ -738,9 +738,7 @@ impl Relay {
 
     fn on_upstream(&mut self, client: SocketAddr, from: SocketAddr, s: usize, e: usize) {
         let relay = self.upstream.as_ref().map(|u| u.0).expect("upstream leg");
-        if crate::permissions::canonical(from.ip()) != crate::permissions::canonical(relay.ip())
-            || from.port() != relay.port()
-        {
+        if canonical(from.ip()) != canonical(relay.ip()) || from.port() != relay.port() {
             return self.log_drop(Drop::ForeignSource, 1, || {
                 format!("from {from}, not the upstream relay {relay}")
             });
@@ -756,7 +754,7 @@ impl Relay {
             }
         };
         if let TargetAddr::Ip(a) = &sender {
-            if !self.allowed_peer(crate::permissions::canonical(a.ip())) {
+            if !self.allowed_peer(canonical(a.ip())) {
                 return self.log_drop(Drop::Unsolicited, 1, || {
                     format!("from {a} (via the upstream), which the client has not sent to")
                 });
@@ -778,7 +776,7 @@ impl Relay {
         if self.a.filter == UdpFilter::EndpointIndependent {
             return;
         }
-        let ip = crate::permissions::canonical(ip);
+        let ip = canonical(ip);
         let now = Instant::now();
         if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&ip) {
             let idle = self.a.idle_timeout;
@@ -859,10 +857,7 @@ impl Relay {
             return Err(Drop::Denied);
         }
         let addrs: Vec<SocketAddr> = match target {
-            TargetAddr::Ip(a) => vec![SocketAddr::new(
-                crate::permissions::canonical(a.ip()),
-                a.port(),
-            )],
+            TargetAddr::Ip(a) => vec![SocketAddr::new(canonical(a.ip()), a.port())],
             TargetAddr::Domain(name, port) => {
                 self.a.counters.dns_lookups.fetch_add(1, Relaxed);
                 let lookup = tokio::net::lookup_host((name.as_str(), *port));
@@ -1015,18 +1010,6 @@ impl Relay {
             }
         }
     }
-}
-
-/// A bound, non-blocking tokio UDP socket (IPv6 ones IPv6-only: IPv4 has its own).
-pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
 }
 
 #[cfg(test)]

@@ -2,14 +2,16 @@
 //! the reply, then the association (server/udp.rs) for as long as the control
 //! connection stays open.
 
-use crate::auth::{AuthInfo, ConnMeta};
 use crate::egress::EgressSource;
-use crate::listener::Shared;
-use crate::permissions::{self, Permissions};
-use crate::policy::{Refusal, RequestInfo};
-use crate::server::udp::{bind_udp, Ended, Outbound, UdpAssociation, UdpPolicy};
-use crate::session::SessionError;
-use crate::socks5::{self, reply, Reply, TargetAddr};
+use crate::host::udp::bind_udp;
+use crate::policy::events::RequestInfo;
+use crate::policy::identity::{AuthInfo, ConnMeta};
+use crate::policy::permissions::{self, Permissions};
+use crate::policy::request::Refusal;
+use crate::proto::socks5::{self, reply, Reply, TargetAddr};
+use crate::server::config::Shared;
+use crate::server::error::SessionError;
+use crate::server::udp::{Ended, Outbound, UdpAssociation, UdpPolicy};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +66,8 @@ async fn plan_udp(
         host: client.host(),
         port: client.port(),
     };
-    let Some(over) = crate::policy::ask(info, auth, meta, shared).await? else {
+    let Some(over) = crate::policy::request::ask(info, auth, meta, &shared.request_ctx()).await?
+    else {
         return Ok(plan);
     };
     if over.destination.is_some() {
