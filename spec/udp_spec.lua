@@ -148,6 +148,18 @@ describe('udp associate', function()
     l6:close()
   end)
 
+  it('works on a TLS listener: control connection in TLS, datagrams plain UDP', function()
+    local l = udp_listener { use_tls = true }
+    local out = udp_py(('raw --tls --proxy %s --target 127.0.0.1:%d -n 3 --close-control')
+      :format(l:local_addr(), peers.echo4))
+    assert.matches('^reply=0x00 bound=127%.0%.0%.1:%d+\nechoed=3\nafter_close=0\n$', out)
+    H.eventually(function()
+      local s = l:stats()
+      return s.completed == 1 and s.udp_associations_active == 0 and s.udp_datagrams_to_client == 3
+    end, 10, 'association over TLS ended')
+    l:close()
+  end)
+
   it('carries DNS to a responder on 127.0.0.1 and ::1', function()
     local l = udp_listener {}
     local out = udp_py(('dns --proxy %s --server 127.0.0.1:%d --name kumo.test'):format(l:local_addr(), peers.dns4))

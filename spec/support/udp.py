@@ -27,6 +27,7 @@
       --associations K: K associations at once (control connections held),
       prints one "reply=0xNN" line each.
       --recv-timeout S: how long a receive waits (default 5 s; all commands).
+      --tls: the control connection in TLS (any certificate accepted).
       --close-control: then closes the control connection and waits (up to
       5 s) for the relay to stop answering: "after_close=0" when it did.
 """
@@ -98,9 +99,19 @@ def unwrap(d):
     return (host, port), d[3 + n:]
 
 
+TLS = False
+
+
 def associate(proxy, port=0, user=None, password=None, family=4):
     """Control connection + UDP ASSOCIATE; returns (tcp, reply code, (host, port))."""
     tcp = socket.create_connection(split_hostport(proxy), timeout=5)
+    if TLS:
+        # The listener's self-signed certificate: the spec is about UDP, not trust.
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        tcp = ctx.wrap_socket(tcp)
     method = 2 if user is not None else 0
     tcp.sendall(bytes([5, 1, method]))
     if recv_exact(tcp, 2) != bytes([5, method]):
@@ -337,6 +348,7 @@ def main():
         s.add_argument("--target")
         s.add_argument("-n", type=int, default=1)
         s.add_argument("--recv-timeout", type=float, default=5.0)
+        s.add_argument("--tls", action="store_true")
         if name == "dns":
             s.add_argument("--server", required=True)
             s.add_argument("--name", required=True)
@@ -349,8 +361,9 @@ def main():
             s.add_argument("--associations", type=int, default=0)
             s.add_argument("--close-control", action="store_true")
     a = p.parse_args()
-    global RECV_TIMEOUT
+    global RECV_TIMEOUT, TLS
     RECV_TIMEOUT = getattr(a, "recv_timeout", RECV_TIMEOUT)
+    TLS = getattr(a, "tls", False)
     try:
         return {"peers": cmd_peers, "pysocks": cmd_pysocks, "dns": cmd_dns, "raw": cmd_raw}[a.cmd](a)
     except (OSError, ValueError) as e:
