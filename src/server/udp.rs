@@ -65,7 +65,7 @@ const SEND_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a datagram was dropped: one counter each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     /// From an address other than the client's, on the client leg (or not from
     /// the upstream relay, on an upstream leg).
     ForeignSource,
@@ -108,23 +108,23 @@ pub struct UdpCounters {
 }
 
 impl UdpCounters {
-    fn counter(&self, d: Drop) -> &AtomicU64 {
+    fn counter(&self, d: DropReason) -> &AtomicU64 {
         match d {
-            Drop::ForeignSource => &self.dropped_foreign_source,
-            Drop::Fragmented => &self.dropped_fragmented,
-            Drop::Malformed => &self.dropped_malformed,
-            Drop::Denied => &self.dropped_denied,
-            Drop::Unsolicited => &self.dropped_unsolicited,
-            Drop::Oversize => &self.dropped_oversize,
-            Drop::SendError => &self.dropped_send_error,
+            DropReason::ForeignSource => &self.dropped_foreign_source,
+            DropReason::Fragmented => &self.dropped_fragmented,
+            DropReason::Malformed => &self.dropped_malformed,
+            DropReason::Denied => &self.dropped_denied,
+            DropReason::Unsolicited => &self.dropped_unsolicited,
+            DropReason::Oversize => &self.dropped_oversize,
+            DropReason::SendError => &self.dropped_send_error,
         }
     }
 
-    pub fn dropped(&self, d: Drop) -> u64 {
+    pub fn dropped(&self, d: DropReason) -> u64 {
         self.counter(d).load(Relaxed)
     }
 
-    fn add_drop(&self, d: Drop, n: u64) {
+    fn add_drop(&self, d: DropReason, n: u64) {
         self.counter(d).fetch_add(n, Relaxed);
     }
 
@@ -340,7 +340,7 @@ struct Pending {
     payload: usize,
 }
 
-type Verdict = Result<SocketAddr, Drop>;
+type Verdict = Result<SocketAddr, DropReason>;
 
 /// Verdict cache key (`TargetAddr` without the allocation of a name for IPs).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -389,7 +389,7 @@ struct Relay {
     pending: Vec<Pending>,
     gso_buf: Vec<u8>,
     last_activity: Instant,
-    /// Drop reasons already logged for this association (log once, count all).
+    /// DropReason reasons already logged for this association (log once, count all).
     logged: u8,
 }
 
@@ -466,7 +466,9 @@ impl Relay {
         Ok(Relay {
             a: Cfg {
                 label,
-                client_ip,
+                // A v4-mapped peer (dual-stack listener) is an IPv4 client: the
+                // relay socket is IPv4 then, and replies go to the plain address.
+                client_ip: canonical(client_ip),
                 direct,
                 policy,
                 filter,
@@ -494,7 +496,7 @@ impl Relay {
         })
     }
 
-    fn log_drop(&mut self, d: Drop, n: u64, why: impl FnOnce() -> String) {
+    fn log_drop(&mut self, d: DropReason, n: u64, why: impl FnOnce() -> String) {
         self.a.counters.add_drop(d, n);
         let bit = 1u8 << (d as u8);
         if self.logged & bit == 0 {
@@ -616,10 +618,8 @@ impl Relay {
         match self.client_port {
             Some(p) => p == from.port(),
             None => {
-                // Locked to the first datagram's port; from the IP as the socket
-                // sees it (an IPv4-mapped peer on a dual-stack socket keeps its form).
+                // Locked to the first datagram's port.
                 self.client_port = Some(from.port());
-                self.a.client_ip = from.ip();
                 true
             }
         }
@@ -627,7 +627,7 @@ impl Relay {
 
     async fn on_client(&mut self, from: SocketAddr, s: usize, e: usize) {
         if !self.is_client(from) {
-            return self.log_drop(Drop::ForeignSource, 1, || {
+            return self.log_drop(DropReason::ForeignSource, 1, || {
                 format!("from {from}, not the client")
             });
         }
@@ -635,8 +635,8 @@ impl Relay {
             Ok(v) => v,
             Err(err) => {
                 let d = match err {
-                    UdpHeaderError::Fragmented(_) => Drop::Fragmented,
-                    _ => Drop::Malformed,
+                    UdpHeaderError::Fragmented(_) => DropReason::Fragmented,
+                    _ => DropReason::Malformed,
                 };
                 return self.log_drop(d, 1, || err.to_string());
             }
@@ -671,7 +671,7 @@ impl Relay {
         };
         let leg = if to.is_ipv4() { LegId::V4 } else { LegId::V6 };
         if self.open_leg(leg).is_none() {
-            return self.log_drop(Drop::SendError, 1, || {
+            return self.log_drop(DropReason::SendError, 1, || {
                 format!(
                     "no usable {} socket for {to}",
                     if to.is_ipv4() { "IPv4" } else { "IPv6" }
@@ -693,7 +693,7 @@ impl Relay {
         let Some(client) = self.client_addr() else {
             // Only reachable if a remote guesses our port before the client sent
             // anything (no port known yet): nobody to deliver to.
-            return self.log_drop(Drop::Unsolicited, 1, || {
+            return self.log_drop(DropReason::Unsolicited, 1, || {
                 format!("from {from} before the client")
             });
         };
@@ -702,7 +702,7 @@ impl Relay {
         }
         let from = SocketAddr::new(canonical(from.ip()), from.port());
         if !self.allowed_peer(from.ip()) {
-            return self.log_drop(Drop::Unsolicited, 1, || {
+            return self.log_drop(DropReason::Unsolicited, 1, || {
                 format!("from {from}, which the client has not sent to")
             });
         }
@@ -739,7 +739,7 @@ impl Relay {
     fn on_upstream(&mut self, client: SocketAddr, from: SocketAddr, s: usize, e: usize) {
         let relay = self.upstream.as_ref().map(|u| u.0).expect("upstream leg");
         if canonical(from.ip()) != canonical(relay.ip()) || from.port() != relay.port() {
-            return self.log_drop(Drop::ForeignSource, 1, || {
+            return self.log_drop(DropReason::ForeignSource, 1, || {
                 format!("from {from}, not the upstream relay {relay}")
             });
         }
@@ -747,15 +747,15 @@ impl Relay {
             Ok(v) => v,
             Err(err) => {
                 let d = match err {
-                    UdpHeaderError::Fragmented(_) => Drop::Fragmented,
-                    _ => Drop::Malformed,
+                    UdpHeaderError::Fragmented(_) => DropReason::Fragmented,
+                    _ => DropReason::Malformed,
                 };
                 return self.log_drop(d, 1, || format!("from the upstream relay: {err}"));
             }
         };
         if let TargetAddr::Ip(a) = &sender {
             if !self.allowed_peer(canonical(a.ip())) {
-                return self.log_drop(Drop::Unsolicited, 1, || {
+                return self.log_drop(DropReason::Unsolicited, 1, || {
                     format!("from {a} (via the upstream), which the client has not sent to")
                 });
             }
@@ -798,7 +798,7 @@ impl Relay {
     }
 
     /// Through an upstream (it resolves names): the name, and an IP, only.
-    fn check_unresolved(&mut self, target: &TargetAddr) -> Result<(), Drop> {
+    fn check_unresolved(&mut self, target: &TargetAddr) -> Result<(), DropReason> {
         let now = Instant::now();
         if let Some((v, t)) = self.verdicts.get(&Key::of(target)) {
             if *t > now {
@@ -817,7 +817,7 @@ impl Relay {
             Ok(()) => Ok(SocketAddr::from(([0, 0, 0, 0], 0))),
             Err(why) => {
                 tracing::debug!("{}: {target}: {why}", self.a.label);
-                Err(Drop::Denied)
+                Err(DropReason::Denied)
             }
         };
         self.cache(target, verdict);
@@ -854,7 +854,7 @@ impl Relay {
         let label = &self.a.label;
         if let Some(why) = self.a.policy.denies_name(&host, port) {
             tracing::debug!("{label}: {target}: {why}");
-            return Err(Drop::Denied);
+            return Err(DropReason::Denied);
         }
         let addrs: Vec<SocketAddr> = match target {
             TargetAddr::Ip(a) => vec![SocketAddr::new(canonical(a.ip()), a.port())],
@@ -865,22 +865,22 @@ impl Relay {
                     Ok(Ok(it)) => it.collect(),
                     Ok(Err(e)) => {
                         tracing::debug!("{label}: cannot resolve {name:?}: {e}");
-                        return Err(Drop::Denied);
+                        return Err(DropReason::Denied);
                     }
                     Err(_) => {
                         tracing::debug!("{label}: cannot resolve {name:?} in time");
-                        return Err(Drop::Denied);
+                        return Err(DropReason::Denied);
                     }
                 }
             }
         };
         let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
         if ips.is_empty() {
-            return Err(Drop::Denied);
+            return Err(DropReason::Denied);
         }
         if let Err(why) = self.a.policy.check(&host, port, &ips) {
             tracing::debug!("{label}: {target}: {why}");
-            return Err(Drop::Denied);
+            return Err(DropReason::Denied);
         }
         // The first address of a family we have (or can open) a socket for.
         for a in &addrs {
@@ -889,7 +889,7 @@ impl Relay {
                 return Ok(*a);
             }
         }
-        Err(Drop::SendError)
+        Err(DropReason::SendError)
     }
 
     /// The outbound socket of a family, created on first use; `None` when it
@@ -1001,12 +1001,12 @@ impl Relay {
                 c.bytes_to_remote.fetch_add(payload, Relaxed);
             }
             Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                self.log_drop(Drop::Oversize, n, || {
+                self.log_drop(DropReason::Oversize, n, || {
                     format!("{payload} bytes to {to}: larger than the path carries")
                 });
             }
             Err(e) => {
-                self.log_drop(Drop::SendError, n, || format!("to {to}: {e}"));
+                self.log_drop(DropReason::SendError, n, || format!("to {to}: {e}"));
             }
         }
     }
@@ -1249,7 +1249,7 @@ mod tests {
             .await
             .unwrap();
         wait_for("two foreign drops", || {
-            a.counters.dropped(Drop::ForeignSource) == 2
+            a.counters.dropped(DropReason::ForeignSource) == 2
         })
         .await;
         nothing(&other_port).await;
@@ -1271,10 +1271,28 @@ mod tests {
         let e = echo("127.0.0.1");
         // First datagram, but not from the named port: dropped, no lock taken.
         early.send_to(&wrap(&ip(e), b"x"), a.relay).await.unwrap();
-        wait_for("drop", || a.counters.dropped(Drop::ForeignSource) == 1).await;
+        wait_for("drop", || {
+            a.counters.dropped(DropReason::ForeignSource) == 1
+        })
+        .await;
         c.send_to(&wrap(&ip(e), b"y"), a.relay).await.unwrap();
         assert_eq!(recv(&c).await.1, b"y");
         nothing(&early).await;
+    }
+
+    #[tokio::test]
+    async fn a_v4_mapped_control_peer_is_an_ipv4_client() {
+        // A dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d; with the
+        // port named in the request, replies must still reach plain IPv4.
+        let c = udp("127.0.0.1");
+        let a = start(Opts {
+            client_ip: "::ffff:127.0.0.1".parse().unwrap(),
+            client_port: Some(c.local_addr().unwrap().port()),
+            ..Default::default()
+        });
+        let e = echo("127.0.0.1");
+        c.send_to(&wrap(&ip(e), b"mapped"), a.relay).await.unwrap();
+        assert_eq!(recv(&c).await.1, b"mapped");
     }
 
     #[tokio::test]
@@ -1293,7 +1311,8 @@ mod tests {
             c.send_to(bad, a.relay).await.unwrap();
         }
         wait_for("drops", || {
-            a.counters.dropped(Drop::Fragmented) == 1 && a.counters.dropped(Drop::Malformed) == 3
+            a.counters.dropped(DropReason::Fragmented) == 1
+                && a.counters.dropped(DropReason::Malformed) == 3
         })
         .await;
         assert_eq!(a.counters.datagrams_to_remote.load(Relaxed), 0);
@@ -1313,7 +1332,7 @@ mod tests {
                 .unwrap();
             c.send_to(&wrap(&ip(paddr), b"p"), a.relay).await.unwrap();
         }
-        wait_for("denied", || a.counters.dropped(Drop::Denied) == 6).await;
+        wait_for("denied", || a.counters.dropped(DropReason::Denied) == 6).await;
         nothing(&private).await;
         // One decision per destination, not per datagram.
         assert_eq!(a.policy.calls.load(Relaxed), 2);
@@ -1358,7 +1377,10 @@ mod tests {
         let (r, out) = peer_and_outbound(&a, &c, "127.0.0.1").await;
         let stranger = udp("127.0.0.2");
         stranger.send_to(b"spoof", out).await.unwrap();
-        wait_for("unsolicited", || a.counters.dropped(Drop::Unsolicited) == 1).await;
+        wait_for("unsolicited", || {
+            a.counters.dropped(DropReason::Unsolicited) == 1
+        })
+        .await;
         r.send_to(b"reply", out).await.unwrap();
         let (from, data, _) = recv(&c).await;
         assert_eq!(
@@ -1391,7 +1413,7 @@ mod tests {
         let (r, out) = peer_and_outbound(&a, &c, "127.0.0.1").await;
         // The largest IPv4 UDP payload: with the 10-byte header it cannot reach the client.
         r.send_to(&vec![7u8; 65507], out).await.unwrap();
-        wait_for("oversize", || a.counters.dropped(Drop::Oversize) == 1).await;
+        wait_for("oversize", || a.counters.dropped(DropReason::Oversize) == 1).await;
         nothing(&c).await;
         // A big one that fits goes through whole.
         r.send_to(&vec![8u8; 65000], out).await.unwrap();
@@ -1464,7 +1486,7 @@ mod tests {
         c.send_to(&wrap(&ip("127.0.0.1:9".parse().unwrap()), b"d"), a.relay)
             .await
             .unwrap();
-        wait_for("denied", || a.counters.dropped(Drop::Denied) == 1).await;
+        wait_for("denied", || a.counters.dropped(DropReason::Denied) == 1).await;
         assert_eq!(up.counters.datagrams_to_remote.load(Relaxed), 2);
     }
 }
