@@ -60,6 +60,8 @@ const VERDICT_TTL: Duration = Duration::from_secs(30);
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// Peers a client may receive from under address-restricted filtering.
 const MAX_PEERS: usize = 1024;
+/// The receive area is released after this long without a relayed datagram.
+const RELEASE_AFTER: Duration = Duration::from_secs(2);
 /// A send that cannot go within this long is dropped (the socket buffer stays full).
 const SEND_WAIT: Duration = Duration::from_secs(1);
 
@@ -484,9 +486,8 @@ impl Relay {
             upstream,
             verdicts: HashMap::new(),
             peers: HashMap::new(),
-            // Zeroed allocation: pages are only resident once a datagram touches them,
-            // so an idle association costs little memory.
-            area: vec![0u8; SLOTS * SLOT].into_boxed_slice(),
+            // Allocated on the first datagram, released when quiet (see `run`).
+            area: Box::default(),
             metas: [RecvMeta::default(); SLOTS],
             extra: Vec::new(),
             pending: Vec::new(),
@@ -516,10 +517,26 @@ impl Relay {
         let idle = self.a.idle_timeout;
         let timer = tokio::time::sleep(idle);
         tokio::pin!(timer);
+        let release = tokio::time::sleep(RELEASE_AFTER);
+        tokio::pin!(release);
         loop {
             let which = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ended::Cancelled,
+                _ = &mut release, if !self.area.is_empty() => {
+                    // Quiet for a while: give the receive area (512 KiB) back, so
+                    // idle associations cost their sockets and little else.
+                    let at = self.last_activity + RELEASE_AFTER;
+                    let next = if Instant::now() >= at {
+                        self.area = Box::default();
+                        self.gso_buf = Vec::new();
+                        Instant::now() + RELEASE_AFTER
+                    } else {
+                        at
+                    };
+                    release.as_mut().reset(tokio::time::Instant::from_std(next));
+                    continue;
+                }
                 _ = &mut timer => {
                     let deadline = self.last_activity + idle;
                     if Instant::now() >= deadline {
@@ -570,6 +587,9 @@ impl Relay {
                 LegId::Upstream => self.upstream.as_ref().map(|u| &u.1),
             };
             let leg = leg.expect("readable leg exists");
+            if self.area.is_empty() {
+                self.area = vec![0u8; SLOTS * SLOT].into_boxed_slice();
+            }
             let n = match leg.try_recv(&mut self.area, &mut self.metas) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
