@@ -155,7 +155,8 @@ describe('udp associate', function()
     assert.matches('^reply=0x00 bound=127%.0%.0%.1:%d+\nechoed=3\nafter_close=0\n$', out)
     H.eventually(function()
       local s = l:stats()
-      return s.completed == 1 and s.udp_associations_active == 0 and s.udp_datagrams_to_client == 3
+      -- >= 3: a 'late' datagram may still be relayed while the close is on its way.
+      return s.completed == 1 and s.udp_associations_active == 0 and s.udp_datagrams_to_client >= 3
     end, 10, 'association over TLS ended')
     l:close()
   end)
