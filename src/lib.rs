@@ -39,6 +39,7 @@ pub mod net;
 pub mod params;
 pub mod permissions;
 pub mod policy;
+pub mod proto;
 pub mod pump;
 pub mod relay;
 pub mod runtime;
