@@ -43,6 +43,7 @@ pub mod proto;
 pub mod pump;
 pub mod relay;
 pub mod runtime;
+pub mod server;
 pub mod session;
 pub mod signals;
 pub mod socks5;

@@ -1,0 +1,2 @@
+//! Listeners and sessions.
+pub mod proxy_inbound;
