@@ -442,6 +442,19 @@ pub fn build_v2(
     b.build()
 }
 
+/// A v2 PROXY-command header without addresses (AF_UNSPEC): the receiver
+/// uses the connection's real endpoints. For a destination we only know by
+/// name (an upstream proxy resolved it).
+pub fn build_v2_unspec() -> Vec<u8> {
+    v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Unspecified,
+        v2::Addresses::Unspecified,
+    )
+    .build()
+    .expect("a 16-byte header always fits")
+}
+
 /// A v2 LOCAL header (no addresses): what a balancer's health check sends.
 pub fn build_v2_local() -> Vec<u8> {
     v2::Builder::with_addresses(
@@ -712,6 +725,8 @@ mod tests {
 
     #[test]
     fn v2_unspec_and_unix_use_real_endpoints() {
+        let (h, n) = complete(&build_v2_unspec());
+        assert_eq!((n, h.command, h.addresses), (16, Command::Proxy, None));
         let mut b = build_v2_local();
         b[12] = 0x21; // PROXY, UNSPEC family
         let (h, _) = complete(&b);

@@ -1,2 +1,3 @@
 //! Listeners and sessions.
 pub mod proxy_inbound;
+pub mod proxy_outbound;
