@@ -94,7 +94,7 @@ function HA.config(frontends, dir)
     if kind == 'send' then
       local opt = ({ v1 = ' send-proxy', v2 = ' send-proxy-v2' })[f.proxy or ''] or ''
       if f.tlvs then opt = opt .. ' proxy-v2-options ' .. f.tlvs end
-      out[#out + 1] = ('listen %s\n  mode tcp\n  bind %s\n  unique-id-format %%{+X}o\\ %%ci:%%cp\n  server s %s%s\n'):format(
+      out[#out + 1] = ('listen %s\n  mode tcp\n  bind %s\n  unique-id-format %%ci:%%cp\n  server s %s%s\n'):format(
         name, bind, assert(f.to, name .. '.to'), opt)
     elseif kind == 'report' then
       out[#out + 1] = table.concat({
