@@ -9,13 +9,14 @@
 //! `Authorization: Basic` goes to `http_server_validate_auth_basic` (true = in,
 //! false = 401, anything else = 500); without it only trusted hosts get in.
 
-use crate::auth::{ConnMeta, TrustedHosts};
-use crate::http_connect::{parse_credentials, validate_basic, Credentials, REALM};
-use crate::net::{within, LocalAddr, PeerAddr};
-use crate::pump::Pump;
-use crate::runtime::Process;
-use crate::stream::ClientStream;
-use crate::tls::TlsServer;
+use crate::host::net::{within, LocalAddr, PeerAddr};
+use crate::host::runtime::Process;
+use crate::host::stream::ClientStream;
+use crate::host::tls::TlsServer;
+use crate::policy::auth::validate_basic;
+use crate::policy::events::EventPump as Pump;
+use crate::policy::identity::{ConnMeta, TrustedHosts};
+use crate::proto::http::{parse_credentials, Credentials, REALM};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -40,7 +41,7 @@ pub struct Config {
     /// TLS handshake, reading a request head, and waiting for a Lua decision.
     pub timeout: Duration,
     /// Caches Basic credential decisions (see the proxy listener's `auth_cache`).
-    pub auth_cache: Option<crate::auth_cache::CacheConfig>,
+    pub auth_cache: Option<crate::policy::auth_cache::CacheConfig>,
 }
 
 impl Config {
@@ -64,7 +65,7 @@ pub struct Shared {
     pub requests: AtomicU64,
     /// 401s and 400s for bad credentials.
     pub auth_failures: AtomicU64,
-    cache: Option<crate::auth_cache::AuthCache>,
+    cache: Option<crate::policy::auth_cache::AuthCache>,
 }
 
 impl Shared {
@@ -73,7 +74,7 @@ impl Shared {
     }
 }
 
-pub fn start(process: &'static Process, config: Config) -> io::Result<Arc<Shared>> {
+pub fn start(process: &Process, config: Config) -> io::Result<Arc<Shared>> {
     // std sets SO_REUSEADDR and CLOEXEC on Unix.
     let std_listener = std::net::TcpListener::bind(config.listen)?;
     std_listener.set_nonblocking(true)?;
@@ -83,7 +84,7 @@ pub fn start(process: &'static Process, config: Config) -> io::Result<Arc<Shared
     let listener = TcpListener::from_std(std_listener)?;
     let shared = Arc::new(Shared {
         local_addr,
-        pump: process.pump().clone(),
+        pump: crate::policy::events::pump().clone(),
         closing: CancellationToken::new(),
         accepting: AtomicBool::new(true),
         requests: AtomicU64::new(0),
@@ -91,7 +92,7 @@ pub fn start(process: &'static Process, config: Config) -> io::Result<Arc<Shared
         cache: config
             .auth_cache
             .clone()
-            .map(crate::auth_cache::AuthCache::new),
+            .map(crate::policy::auth_cache::AuthCache::new),
         config,
     });
     tracing::info!(
@@ -102,16 +103,29 @@ pub fn start(process: &'static Process, config: Config) -> io::Result<Arc<Shared
             ""
         }
     );
-    rt.spawn(accept_loop(listener, shared.clone(), process));
-    process
-        .http_listeners
-        .lock()
-        .unwrap()
-        .push(Arc::downgrade(&shared));
+    rt.spawn(accept_loop(listener, shared.clone()));
+    registry().lock().unwrap().push(Arc::downgrade(&shared));
     Ok(shared)
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, process: &'static Process) {
+type Registry = std::sync::Mutex<Vec<std::sync::Weak<Shared>>>;
+
+/// Status listeners started in this process, closed by `run()`'s shutdown.
+static LISTENERS: crate::host::runtime::PerProcess<Registry> =
+    crate::host::runtime::PerProcess::new();
+
+fn registry() -> &'static Registry {
+    LISTENERS.get_or_init(Default::default)
+}
+
+/// This process's status listeners that are still referenced.
+pub fn live() -> Vec<Arc<Shared>> {
+    let mut l = registry().lock().unwrap();
+    l.retain(|w| w.strong_count() > 0);
+    l.iter().filter_map(|w| w.upgrade()).collect()
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let addr = shared.local_addr;
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -122,7 +136,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, process: &'stat
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                tokio::spawn(serve(stream, peer, shared.clone(), process));
+                tokio::spawn(serve(stream, peer, shared.clone()));
             }
             Err(e) => {
                 // Out of fds and the like: the connection stays queued; don't spin.
@@ -139,12 +153,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, process: &'stat
     tracing::info!("status listener on {addr} closed");
 }
 
-async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    process: &'static Process,
-) {
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let local = stream.local_addr().unwrap_or(shared.local_addr);
     let _ = stream.set_nodelay(true);
     let t = shared.config.timeout;
@@ -173,9 +182,7 @@ async fn serve(
         http_auth: None,
     });
     let svc_shared = shared.clone();
-    let svc = hyper::service::service_fn(move |req| {
-        respond(req, meta.clone(), svc_shared.clone(), process)
-    });
+    let svc = hyper::service::service_fn(move |req| respond(req, meta.clone(), svc_shared.clone()));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(t)
@@ -249,7 +256,10 @@ async fn authorize(
                     // Decisions are cached; handler errors (500) are not.
                     if let (Some(c), Some(Ok(ok))) = (&shared.cache, &v) {
                         let entry = if *ok {
-                            Ok(crate::auth::AuthInfo::single(name.clone(), "HttpAuthBasic"))
+                            Ok(crate::policy::identity::AuthInfo::single(
+                                name.clone(),
+                                "HttpAuthBasic",
+                            ))
                         } else {
                             Err("rejected by handler".to_string())
                         };
@@ -273,7 +283,7 @@ async fn authorize(
                 None => {
                     why_not = format!(
                         "user '{name}': no {} handler is registered",
-                        crate::pump::EVENT_HTTP_AUTH_BASIC
+                        crate::policy::events::EVENT_HTTP_AUTH_BASIC
                     )
                 }
             }
@@ -290,7 +300,6 @@ async fn respond(
     req: Request<Incoming>,
     meta: Arc<ConnMeta>,
     shared: Arc<Shared>,
-    process: &'static Process,
 ) -> Result<Resp, Infallible> {
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let who = match authorize(req.headers().get(AUTHORIZATION), &meta, &shared).await {
@@ -315,16 +324,16 @@ async fn respond(
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Ok(r);
     }
-    let listeners = process.live_listeners();
+    let listeners = crate::server::listener::live();
     Ok(match path {
         "/metrics" => {
             let mut r = text(
                 StatusCode::OK,
-                crate::metrics::render(listeners, &shared.pump),
+                crate::server::metrics::render(listeners, &shared.pump),
             );
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                HeaderValue::from_static(crate::server::metrics::CONTENT_TYPE),
             );
             r
         }
@@ -361,8 +370,10 @@ async fn respond(
                         .collect();
                     // Egress forwarders share the accept loop; they speak no protocol.
                     let (kind, protocols) = match &l.config.service {
-                        crate::listener::Service::Socks5 => ("proxy", l.config.protocols.names()),
-                        crate::listener::Service::Forward { .. } => ("forward", Vec::new()),
+                        crate::server::listener::Service::Socks5 => {
+                            ("proxy", l.config.protocols.names())
+                        }
+                        crate::server::listener::Service::Forward { .. } => ("forward", Vec::new()),
                     };
                     serde_json::json!({
                         "address": l.local_addr.to_string(),
