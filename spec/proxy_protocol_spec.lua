@@ -151,7 +151,7 @@ describe('PROXY protocol in front of a listener (real HAProxy)', function()
   end
 
   it('trusted hosts see the original client (send-proxy-v2 and send-proxy)', function()
-    local l, ha = behind_haproxy { require_auth = true, trusted_hosts = { '127.0.0.2' } }
+    local l, ha = behind_haproxy { trusted_hosts = { '127.0.0.2' } }
     with(l, ha, function()
       local url = ('http://127.0.0.1:%d/'):format(origin.http)
       for _, front in ipairs { 'v2', 'v1' } do
@@ -233,15 +233,15 @@ describe('PROXY protocol in front of a listener (real HAProxy)', function()
   it('works with use_tls and protocols {socks5, http}: header before the TLS handshake', function()
     local l, ha = behind_haproxy {
       use_tls = true, hostname = 'proxy.test', protocols = { 'socks5', 'http' },
-      require_auth = true, trusted_hosts = { '127.0.0.2' },
+      trusted_hosts = { '127.0.0.2' },
     }
     with(l, ha, function()
       local url = ('http://127.0.0.1:%d/'):format(origin.http)
       local p = 'https://127.0.0.1:' .. ha.ports.v2
-      local rc, out, err = curl(p, '127.0.0.2', url, { '--proxy-insecure' })
+      local rc, out, err = curl(p, '127.0.0.2', url, { '--proxy-insecure', '--proxytunnel' })
       assert.are.equal(0, rc, err)
       assert.are.equal('hello from origin\n', out)
-      rc, out = curl(p, '127.0.0.3', url, { '--proxy-insecure' })
+      rc, out = curl(p, '127.0.0.3', url, { '--proxy-insecure', '--proxytunnel' })
       assert.are_not.equal(0, rc, '127.0.0.3 let in: ' .. tostring(out))
     end)
   end)
@@ -255,7 +255,7 @@ describe('PROXY protocol in front of a listener (real HAProxy)', function()
     local ok, err = pcall(function()
       local function get(source)
         local out, rc = H.sh { 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '10',
-          '--interface', source, ('http://127.0.0.1:%d/proxy/status'):format(ha.ports.v1) }
+          '--interface', source, ('http://127.0.0.1:%d/metrics'):format(ha.ports.v1) }
         return rc, out
       end
       local rc, code = get('127.0.0.2')

@@ -10,10 +10,10 @@
 
 mod config;
 mod connect;
+pub mod haproxy;
 mod socks5_client;
 pub mod source;
 mod tls;
-pub mod haproxy;
 
 pub use source::{
     split_host_port, target, ConfigError, Connected, EgressError, EgressSource, EgressStream,

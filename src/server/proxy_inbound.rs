@@ -7,12 +7,15 @@
 //! past it, so TLS, SOCKS5, HTTP or hyper start on an untouched stream and no
 //! front-end needs to know a header was there.
 
-use crate::proto::proxy_header::{self, Command, Parse, ProxyHeader, Tlvs};
+use crate::host::net::within;
+use crate::proto::proxy_header::{self, Command, Parse, ProxyHeader, SendProxy, Tlvs};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// `proxy_protocol = { from = { '10.0.0.0/8', '127.0.0.1' } }`.
 #[derive(Debug, Clone)]
@@ -90,6 +93,57 @@ impl Origin {
             ),
         }
     }
+}
+
+/// For any listener: reads the header when `peer` is a listed balancer,
+/// within `timeout` (or until `abort`). `Ok(None)`: not a balancer, nothing
+/// was read.
+pub async fn origin_of(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    config: Option<&InboundConfig>,
+    timeout: Duration,
+    abort: &CancellationToken,
+) -> Result<Option<Origin>, String> {
+    if !config.is_some_and(|c| c.expects_header(peer.ip())) {
+        return Ok(None);
+    }
+    let read = within(
+        timeout,
+        format!("timeout after {timeout:?}"),
+        read_header(stream),
+    );
+    let header = tokio::select! {
+        r = read => r?,
+        _ = abort.cancelled() => return Err("shutting down".into()),
+    };
+    Ok(Some(Origin::new(peer, header)))
+}
+
+/// Outbound (`send_proxy_protocol`): writes the header naming `client` ->
+/// `destination` as the first bytes to a destination, within `timeout`.
+pub async fn send_header(
+    stream: &mut crate::egress::EgressStream,
+    send: SendProxy,
+    client: SocketAddr,
+    destination: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let header = send.header(client, destination);
+    let write = async {
+        stream.write_all(&header).await?;
+        stream.flush().await
+    };
+    within(
+        timeout,
+        format!("timeout sending the PROXY {} header", send.as_str()),
+        async {
+            write
+                .await
+                .map_err(|e| format!("sending the PROXY {} header: {e}", send.as_str()))
+        },
+    )
+    .await
 }
 
 /// Reads the header at the start of `stream`, consuming exactly its bytes.
