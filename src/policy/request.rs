@@ -182,9 +182,9 @@ pub async fn plan_bind(
     let Some(over) = ask(info, auth, meta, ctx).await? else {
         return Ok(source);
     };
-    if over.destination.is_some() || over.egress.is_some() {
+    if over.destination.is_some() || over.egress.is_some() || over.send_proxy.is_some() {
         let why = format!(
-            "{EVENT_REQUEST} handler returned destination or egress_source for a bind request (only source_address applies)"
+            "{EVENT_REQUEST} handler returned destination, egress_source or send_proxy_protocol for a bind request (only source_address applies)"
         );
         tracing::error!("{why}");
         return Err(Refusal::denied(why));
