@@ -150,10 +150,13 @@ pub async fn send_header(
 /// The caller bounds the wait (the listener's `timeout`). `Err` is a reason
 /// for the log line, printable (see `proxy_header::Invalid`).
 pub async fn read_header(stream: &mut TcpStream) -> Result<ProxyHeader, String> {
-    let mut buf: Vec<u8> = Vec::new();
+    // Most headers are 16 to ~100 bytes: peek a small window at a time (a
+    // longer v2 header is consumed window by window, bounded by MAX_LEN).
+    const WINDOW: usize = 512;
+    let mut buf: Vec<u8> = Vec::with_capacity(WINDOW);
     loop {
         let have = buf.len();
-        buf.resize(proxy_header::MAX_LEN, 0);
+        buf.resize(have + (proxy_header::MAX_LEN - have).min(WINDOW), 0);
         // Peeks what the kernel holds past the bytes consumed so far.
         let n = match stream.peek(&mut buf[have..]).await {
             Ok(n) => n,
@@ -221,6 +224,23 @@ mod tests {
         let mut rest = [0u8; 3];
         s.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"\x05\x01\x00");
+    }
+
+    #[tokio::test]
+    async fn header_longer_than_the_peek_window() {
+        let (mut c, mut s) = pair().await;
+        let src: SocketAddr = "127.0.0.2:4000".parse().unwrap();
+        let dst: SocketAddr = "127.0.0.1:1080".parse().unwrap();
+        let pad = vec![7u8; 1500];
+        let mut bytes = proxy_header::build_v2(src, dst, &[(0x04, &pad), (0x05, b"id")]).unwrap();
+        bytes.extend(b"after");
+        c.write_all(&bytes).await.unwrap();
+        let h = read_header(&mut s).await.unwrap();
+        assert_eq!(h.source(), Some(src));
+        assert!(h.tlvs.get("unique_id").is_some());
+        let mut rest = [0u8; 5];
+        s.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"after");
     }
 
     #[tokio::test]
