@@ -230,6 +230,27 @@ describe('PROXY protocol in front of a listener (real HAProxy)', function()
     end)
   end)
 
+  it('a v2 LOCAL header (a health check) is served as the balancer itself', function()
+    local l = H.listener { allow_private_destinations = true, trusted_hosts = { '127.0.0.1' },
+      proxy_protocol = { from = { '127.0.0.1' } } }
+    local port = tonumber(l:local_addr():match(':(%d+)$'))
+    local function method(header)
+      local c = assert(socket.tcp())
+      c:settimeout(5)
+      assert(c:connect('127.0.0.1', port))
+      c:send(header .. '\5\1\0')
+      local r = c:receive(2)
+      c:close()
+      return r and r:byte(2)
+    end
+    -- LOCAL: the balancer (127.0.0.1, trusted) itself; its addresses are ignored.
+    assert.are.equal(0, method(v2_header('127.0.0.9', 1, '127.0.0.1', 2, 0x20)))
+    -- PROXY naming 127.0.0.9: not trusted, NOAUTH refused.
+    assert.are.equal(255, method(v2_header('127.0.0.9', 1, '127.0.0.1', 2)))
+    H.quiesce()
+    l:close()
+  end)
+
   it('works with use_tls and protocols {socks5, http}: header before the TLS handshake', function()
     local l, ha = behind_haproxy {
       use_tls = true, hostname = 'proxy.test', protocols = { 'socks5', 'http' },
