@@ -175,6 +175,7 @@ describe('PROXY protocol in front of a listener (real HAProxy)', function()
 
   it('max_connections_per_ip counts the original clients, not the balancer', function()
     local l, ha = behind_haproxy { max_connections_per_ip = 1 }
+    local base = H.socket_count()
     with(l, ha, function()
       local held = assert(socks_from(ha.ports.v2, '127.0.0.2', '127.0.0.1', origin.echo))
       assert.is_true(echo_ok(held))
@@ -193,6 +194,9 @@ describe('PROXY protocol in front of a listener (real HAProxy)', function()
       assert.is_true(echo_ok(back))
       back:close()
       assert.is_true(l:stats().rejected >= 1)
+      -- Every session's sockets are gone again (refused ones included).
+      H.quiesce()
+      H.eventually(function() return H.socket_count() == base end, 10, 'sockets back to ' .. base)
     end)
   end)
 
@@ -444,6 +448,8 @@ describe('PROXY protocol toward destinations (real HAProxy accept-proxy)', funct
     assert.is_truthy(conn, err)
     local line = conn:receive('*l')
     assert.matches('^127%.0%.0%.3:%d+$', line)
+    -- What the destination sees: the chosen address (HAProxy picks the port).
+    assert.are.equal('127.0.0.3:0', conn:proxy_bound_address())
     conn:close()
     -- As a listener's egress source.
     local l = H.listener { allow_private_destinations = true, egress_source = src }
