@@ -3,6 +3,7 @@
 //! against this layer.
 
 pub mod http;
+pub mod proxy_header;
 pub mod socks5;
 pub mod socks5_udp;
 pub mod text;
