@@ -1,0 +1,3 @@
+//! Process-level services: runtime, event pump, signals, logging, access log.
+
+pub mod access_log;

@@ -1,0 +1,3 @@
+//! Listeners, sessions and what they share at run time.
+
+pub mod sessions;
