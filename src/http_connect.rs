@@ -336,6 +336,7 @@ pub async fn handle(
     mut buf: Vec<u8>,
     meta: &Arc<ConnMeta>,
     shared: &Shared,
+    trace: &mut crate::server::accounting::Trace,
 ) -> Result<(), SessionError> {
     let t = shared.config.timeout;
     let parsed = within(
@@ -369,6 +370,10 @@ pub async fn handle(
             return Err(SessionError::Refused(e.to_string()));
         }
     };
+    if head.method == "CONNECT" {
+        trace.command = Some("connect");
+        trace.destination = Some(crate::logging::printable(&head.target).into_owned());
+    }
     if head.method != "CONNECT" {
         let body = "this proxy serves CONNECT only\n";
         send(
@@ -439,8 +444,10 @@ pub async fn handle(
         meta.peer,
         auth.summary()
     );
+    let auth = Arc::new(auth);
+    trace.auth = Some(auth.clone());
     // Permissions and proxy_server_request, exactly as for SOCKS5.
-    let plan = match crate::policy::plan_connect(&target, &Arc::new(auth), &meta, shared).await {
+    let plan = match crate::policy::plan_connect(&target, &auth, &meta, shared).await {
         Ok(p) => p,
         Err(r) => {
             let (status, reason) = status_for_reply(r.code);
@@ -462,7 +469,13 @@ pub async fn handle(
         }
     };
     let remote = match crate::session::dial(&plan, None, shared).await {
-        Ok(d) => d.stream,
+        Ok(d) => {
+            trace.connected(
+                d.stream.tcp(),
+                plan.egress.as_ref().map(|e| e.name.as_str()),
+            );
+            d.stream
+        }
         Err(e) => {
             let code = match &e {
                 SessionError::Connect { code, .. } => *code,
@@ -476,7 +489,11 @@ pub async fn handle(
     };
     send(&mut io, t, b"HTTP/1.1 200 Connection established\r\n\r\n").await?;
     // Bytes the client sent behind the head (e.g. a TLS ClientHello) go first.
-    crate::relay::relay_any(io, remote, &buf[n..], shared)
+    let early = &buf[n..];
+    let relay = |bytes: Arc<crate::server::sessions::Bytes>| async move {
+        crate::relay::relay_any(io, remote, early, shared, &bytes).await
+    };
+    crate::server::accounting::relay_listed(shared, &meta, trace, relay)
         .await
         .map_err(SessionError::Relay)
 }

@@ -4,6 +4,7 @@
 //! - `GET /metrics`          Prometheus (OpenMetrics text) exposition
 //! - `GET /proxy/status`     200 while every proxy listener accepts, else 503
 //! - `GET /proxy/listeners`  JSON: address, protocols, TLS, accepting, stats
+//! - `GET /proxy/sessions`   JSON: live sessions of every listener (who, where, bytes)
 //!
 //! Every request is authenticated first, as KumoMTA guards its HTTP endpoints:
 //! `Authorization: Basic` goes to `http_server_validate_auth_basic` (true = in,
@@ -306,7 +307,10 @@ async fn respond(
         req.method(),
         meta.peer
     );
-    if !matches!(path, "/metrics" | "/proxy/status" | "/proxy/listeners") {
+    if !matches!(
+        path,
+        "/metrics" | "/proxy/status" | "/proxy/listeners" | "/proxy/sessions"
+    ) {
         return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -349,6 +353,10 @@ async fn respond(
                 }),
             )
         }
+        "/proxy/sessions" => json(
+            StatusCode::OK,
+            &crate::server::sessions::all_json(&listeners),
+        ),
         _ => {
             let list: Vec<serde_json::Value> = listeners
                 .iter()

@@ -32,6 +32,7 @@ pub mod http_connect;
 pub mod http_server;
 pub mod listener;
 pub mod logging;
+pub mod lua;
 pub mod lua_api;
 pub mod lua_egress;
 pub mod lua_http;

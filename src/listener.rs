@@ -64,6 +64,8 @@ pub struct Config {
     /// Set by `start`: TCP_NODELAY and keepalive were set on the listening socket,
     /// and accepted sockets inherit them (Linux), so sessions skip those syscalls.
     pub sockopts_inherited: bool,
+    /// `access_log = { path = ... }`: one JSON line per finished session.
+    pub access_log: Option<Arc<crate::host::access_log::Sink>>,
 }
 
 /// `protocols = {'socks5', 'http'}`.
@@ -121,6 +123,7 @@ impl Config {
             permissions: Arc::new(crate::permissions::Permissions::private_destinations()),
             allowed_source_addresses: None,
             sockopts_inherited: false,
+            access_log: None,
         }
     }
 }
@@ -140,6 +143,8 @@ pub struct Shared {
     pub auth: crate::auth::AuthState,
     /// Live sessions per client IP, kept only with `max_connections_per_ip`.
     per_ip: Mutex<HashMap<IpAddr, u64>>,
+    /// Sessions relaying now: `listener:sessions()`, `close_sessions()`.
+    pub sessions: crate::server::sessions::Registry,
 }
 
 impl Shared {
@@ -161,6 +166,7 @@ impl Shared {
             abort: CancellationToken::new(),
             accepting: AtomicBool::new(true),
             per_ip: Mutex::new(HashMap::new()),
+            sessions: Default::default(),
         }
     }
 

@@ -26,6 +26,7 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
     m.set("VERSION", env!("CARGO_PKG_VERSION"))?;
     crate::lua_egress::register(lua, &m)?;
     crate::lua_http::register(lua, &m)?;
+    crate::lua::ops::register(lua, &m)?;
     m.set("on", lua.create_function(on)?)?;
     m.set(
         "start_proxy_listener",
@@ -86,6 +87,24 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
                 pump.overloaded.load(std::sync::atomic::Ordering::Relaxed),
             )?;
             t.set("pooled_pipes", crate::relay::pooled_pipes())?;
+            t.set(
+                "dropped_notifications",
+                pump.dropped_notifications
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )?;
+            let (mut written, mut dropped) = (0, 0);
+            for s in process.access_logs.live() {
+                written += s
+                    .counters()
+                    .written
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                dropped += s
+                    .counters()
+                    .dropped
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            }
+            t.set("access_log_written", written)?;
+            t.set("access_log_dropped", dropped)?;
             t.set("runtime_started", process.has_runtime())?;
             Ok(t)
         })?,
@@ -208,6 +227,7 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
     }
     c.protocols = crate::lua_http::protocols_param(&mut p)?;
     auth_params(&mut p, &mut c)?;
+    c.access_log = crate::lua::ops::access_log_param(&mut p)?.flatten();
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
     if listen.is_none() {
@@ -511,6 +531,13 @@ impl UserData for LuaListener {
                 .map(|c| c.flush())
                 .unwrap_or(0))
         });
+        methods.add_method("sessions", |lua, this, filter: Value| {
+            crate::lua::ops::sessions(lua, this.check_pid()?, filter)
+        });
+        methods.add_method("close_sessions", |_, this, filter: Value| {
+            let f = crate::lua::ops::filter_param("close_sessions", filter, true)?;
+            Ok(crate::lua::ops::close(this.check_pid()?, &f))
+        });
         methods.add_method("close", |_, this, ()| {
             this.check_pid()?.close();
             Ok(())
@@ -555,7 +582,8 @@ fn poll(lua: &Lua, timeout: Value) -> mlua::Result<usize> {
     pump_until(lua, pump, Some(Instant::now() + t), true)
 }
 
-/// `kumoproxy.run{ grace = '5 seconds' }`: serve until stop() or SIGINT/SIGTERM.
+/// `kumoproxy.run{ grace = '5 seconds' }`: serve until stop() or SIGINT/SIGTERM;
+/// SIGHUP calls the `reload` handler, SIGUSR1 reopens the access logs.
 fn run(lua: &Lua, opts: Value) -> mlua::Result<()> {
     let grace = if opts.is_nil() {
         DEFAULT_GRACE
@@ -578,6 +606,13 @@ fn run(lua: &Lua, opts: Value) -> mlua::Result<()> {
         );
         loop {
             dispatch_pending(lua, pump)?;
+            if crate::signals::take_usr1() {
+                let n = process.access_logs.reopen_all();
+                tracing::info!("SIGUSR1: reopening {n} access log(s)");
+            }
+            if crate::signals::take_hup() {
+                crate::lua::ops::reload(lua);
+            }
             if let Some(sig) = crate::signals::received() {
                 break crate::signals::name(sig).to_string();
             }

@@ -45,6 +45,10 @@ pub enum Event {
         meta: Arc<ConnMeta>,
         reply: oneshot::Sender<crate::policy::RequestVerdict>,
     },
+    /// `proxy_session_end(summary)`: a notification, nobody waits for an answer.
+    SessionEnd {
+        summary: Box<crate::host::access_log::Record>,
+    },
 }
 
 impl Event {
@@ -53,6 +57,7 @@ impl Event {
             Event::AuthRfc1929 { .. } => EVENT_AUTH_RFC1929,
             Event::HttpAuthBasic { .. } => EVENT_HTTP_AUTH_BASIC,
             Event::Request { .. } => EVENT_REQUEST,
+            Event::SessionEnd { .. } => EVENT_SESSION_END,
         }
     }
 
@@ -62,6 +67,7 @@ impl Event {
             Event::AuthRfc1929 { reply, .. } => reply.is_closed(),
             Event::HttpAuthBasic { reply, .. } => reply.is_closed(),
             Event::Request { reply, .. } => reply.is_closed(),
+            Event::SessionEnd { .. } => false,
         }
     }
 }
@@ -69,9 +75,18 @@ impl Event {
 pub const EVENT_AUTH_RFC1929: &str = "proxy_server_auth_rfc1929";
 pub const EVENT_HTTP_AUTH_BASIC: &str = "http_server_validate_auth_basic";
 pub const EVENT_REQUEST: &str = "proxy_server_request";
+pub const EVENT_SESSION_END: &str = "proxy_session_end";
+/// SIGHUP during `run()`; called by `run()` itself, never queued.
+pub const EVENT_RELOAD: &str = "reload";
 
 /// Every event name `kumoproxy.on` accepts, with its bit in [`registered`].
-pub const EVENTS: &[&str] = &[EVENT_AUTH_RFC1929, EVENT_HTTP_AUTH_BASIC, EVENT_REQUEST];
+pub const EVENTS: &[&str] = &[
+    EVENT_AUTH_RFC1929,
+    EVENT_HTTP_AUTH_BASIC,
+    EVENT_REQUEST,
+    EVENT_SESSION_END,
+    EVENT_RELOAD,
+];
 
 /// Which events have a Lua handler. Process-global and lock-free, so it stays
 /// valid across fork and runtime tasks can read it without asking the host.
@@ -121,6 +136,8 @@ pub struct Pump {
     max_pending: AtomicUsize,
     /// Questions refused because the queue was full.
     pub overloaded: AtomicU64,
+    /// Notifications (`proxy_session_end`) dropped because the queue was full.
+    pub dropped_notifications: AtomicU64,
     stop: AtomicBool,
     /// Wakes runtime-side waiters (the embedding wake socket) as `wake` does the fd.
     notify: tokio::sync::Notify,
@@ -140,6 +157,7 @@ impl Pump {
             efd: unsafe { OwnedFd::from_raw_fd(fd) },
             max_pending: AtomicUsize::new(DEFAULT_MAX_PENDING),
             overloaded: AtomicU64::new(0),
+            dropped_notifications: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
             event_latency: Default::default(),
@@ -186,6 +204,14 @@ impl Pump {
             return Err(AskError::Overloaded(self.max_pending()));
         }
         rx.await.map_err(|_| AskError::NoAnswer)
+    }
+
+    /// Queue a notification best-effort: never waits, dropped (and counted) when
+    /// the queue is full, so it cannot delay the session that sends it.
+    pub fn notify(&self, ev: Event) {
+        if self.submit(ev).is_err() {
+            self.dropped_notifications.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Make the eventfd readable: new events, a stop request, a finished blocking call.

@@ -11,6 +11,7 @@ use crate::listener::Shared;
 use crate::net::{within, within_else, LocalAddr, PeerAddr};
 use crate::policy::{self, Plan, Refusal};
 use crate::pump::EVENT_AUTH_RFC1929;
+use crate::server::accounting::Trace;
 use crate::socks5::{self, method, reply, CodecError, Command, Reply, TargetAddr};
 use crate::stats::Stats;
 use crate::stream::ClientStream;
@@ -81,6 +82,7 @@ impl fmt::Display for SessionError {
 /// Entry point spawned per accepted connection. Owns the session's accounting.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _active = crate::stats::ActiveGuard(&shared.stats);
+    let started = std::time::SystemTime::now();
 
     // A listener bound to one address already knows it: no getsockname per session.
     let local = if shared.local_addr.ip().is_unspecified() {
@@ -122,6 +124,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     Stats::inc(&stats.tls_handshake_failures);
                     Stats::inc(&stats.failed);
                     tracing::warn!("session from {peer} failed: TLS handshake: {why}");
+                    let why = format!("TLS handshake: {why}");
+                    crate::server::accounting::finish_early(&shared, peer, started, why);
                     return;
                 }
             }
@@ -134,10 +138,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         http_auth: None,
     });
 
+    let mut trace = Trace::new("socks5");
+    trace.start = started;
     let result = tokio::select! {
-        r = handle(client, &meta, &shared) => r,
+        r = handle(client, &meta, &shared, &mut trace) => r,
         _ = shared.abort.cancelled() => Err(SessionError::Aborted),
     };
+    crate::server::accounting::finish(&shared, peer, &trace, &result);
 
     match result {
         Ok(()) => Stats::inc(&stats.completed),
@@ -248,6 +255,7 @@ async fn handle(
     stream: ClientStream,
     meta: &Arc<ConnMeta>,
     shared: &Shared,
+    trace: &mut Trace,
 ) -> Result<(), SessionError> {
     let mut conn = Framed {
         io: stream,
@@ -258,11 +266,13 @@ async fn handle(
     let protocols = shared.config.protocols;
     if protocols.http && (!protocols.socks5 || conn.first_byte().await? != socks5::VERSION) {
         let Framed { io, buf, .. } = conn;
+        trace.protocol = "http";
         // Boxed: the HTTP state is large and would otherwise size every session.
-        return Box::pin(crate::http_connect::handle(io, buf, meta, shared)).await;
+        return Box::pin(crate::http_connect::handle(io, buf, meta, shared, trace)).await;
     }
     let greeting = conn.read("greeting", socks5::parse_greeting).await?;
     let auth = Arc::new(authenticate(&mut conn, &greeting, meta, shared).await?);
+    trace.auth = Some(auth.clone());
     tracing::debug!(
         "session from {}: authenticated as {}",
         meta.peer,
@@ -282,6 +292,8 @@ async fn handle(
             }
             Err(e) => return Err(e),
         };
+        trace.command = Some(crate::server::accounting::command_name(req.command));
+        trace.destination = Some(req.target.to_string());
         match req.command {
             Command::Bind => {
                 let source = match (&bound, &req.target) {
@@ -338,6 +350,10 @@ async fn handle(
                     }
                 };
                 let bound_addr = dialed.bound;
+                trace.connected(
+                    dialed.stream.tcp(),
+                    plan.egress.as_ref().map(|e| e.name.as_str()),
+                );
                 conn.reply(&Reply::success(bound_addr)).await?;
                 tracing::debug!(
                     "session from {}: connected to {} from {bound_addr}",
@@ -347,7 +363,11 @@ async fn handle(
                 let Framed { io, mut buf, .. } = conn;
                 // Usually empty: free the frame buffer so an idle relay does not hold it.
                 buf.shrink_to_fit();
-                return crate::relay::relay_any(io, dialed.stream, &buf, shared)
+                let stream = dialed.stream;
+                let relay = |bytes: Arc<crate::server::sessions::Bytes>| async move {
+                    crate::relay::relay_any(io, stream, &buf, shared, &bytes).await
+                };
+                return crate::server::accounting::relay_listed(shared, meta, trace, relay)
                     .await
                     .map_err(SessionError::Relay);
             }
@@ -673,5 +693,6 @@ pub async fn fuzz_session(
         tls_client: None,
         http_auth: None,
     });
-    handle(ClientStream::Mem(client), &meta, shared).await
+    let mut trace = Trace::new("socks5");
+    handle(ClientStream::Mem(client), &meta, shared, &mut trace).await
 }

@@ -1,0 +1,3 @@
+//! Lua bindings.
+
+pub mod ops;
