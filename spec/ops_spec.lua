@@ -148,6 +148,10 @@ describe('access log', function()
     kp.on(HTTP_AUTH, nil)
     kp.on(REQUEST, nil)
     kp.on('proxy_session_end', nil)
+    -- Closed listeners' writers go with their objects (else a later reopen
+    -- would try this removed directory).
+    collectgarbage()
+    collectgarbage()
     os.execute('rm -rf ' .. dir)
   end)
 
@@ -404,6 +408,73 @@ describe('live sessions', function()
     status:close()
     l:close()
     os.execute('rm -rf ' .. dir)
+  end)
+end)
+
+describe('listener:reconfigure', function()
+  local origin
+
+  setup(function()
+    origin = H.start_origin()
+  end)
+  teardown(function()
+    origin.stop()
+  end)
+
+  it('names keys that cannot change, unknown keys and bad values', function()
+    local l = H.listener { allow_private_destinations = true }
+    local function e(p)
+      local ok, err = pcall(l.reconfigure, l, p)
+      assert.is_false(ok)
+      return tostring(err)
+    end
+    assert.matches('reconfigure: backlog, listen cannot change on a running listener', e { listen = '127.0.0.1:1', backlog = 5 })
+    assert.matches('reconfigure: use_tls cannot change', e { use_tls = true })
+    assert.matches('reconfigure: unknown parameter tiemout', e { tiemout = 5 })
+    assert.matches('reconfigure: timeout: must be greater than zero', e { timeout = 0 })
+    assert.matches('reconfigure: max_connections: ', e { max_connections = 'x' })
+    assert.matches('expected a parameter table', e(5))
+    -- A failed reconfigure changes nothing.
+    local c = assert(H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo))
+    c:close()
+    l:close()
+  end)
+
+  it('applies new rules to the next session; running sessions keep theirs, none dropped', function()
+    local l = H.listener { allow_private_destinations = true, timeout = '60 seconds' }
+    local held = assert(H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo))
+    assert.are.equal('a\n', echo(held, 'a\n'))
+    local N = 400
+    local load = io.popen(('python3 spec/support/socks.py sessions --proxy %s --target 127.0.0.1:%d -n %d 2>&1')
+      :format(l:local_addr(), origin.echo, N))
+    -- Swap settings back and forth while sessions come and go.
+    for i = 1, 20 do
+      l:reconfigure { permissions = { deny = { '127.0.0.1:' .. origin.peer } }, timeout = (i % 2 == 0) and '60 seconds' or '30 seconds' }
+      l:reconfigure { permissions = false }
+    end
+    l:reconfigure { permissions = { deny = { '127.0.0.1:' .. origin.peer } }, timeout = '1 seconds' }
+    local out = load:read('*a')
+    load:close()
+    assert.matches('ok=' .. N .. ' fail=0', out)
+    -- New sessions: the new permissions...
+    local c, code = H.socks_connect(l:local_addr(), '127.0.0.1', origin.peer)
+    assert.is_nil(c)
+    assert.are.equal(2, code)
+    -- ...and the new idle timeout: a fresh idle session is cut after 1 s,
+    local fresh = assert(H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo))
+    wait_closed(fresh)
+    fresh:close()
+    -- while the session from before keeps its 60 s and still relays.
+    assert.are.equal('b\n', echo(held, 'b\n'))
+    -- require_auth for new sessions: no credentials, no method; held goes on.
+    l:reconfigure { require_auth = true }
+    assert.is_nil((H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo)))
+    assert.are.equal('c\n', echo(held, 'c\n'))
+    held:close()
+    H.quiesce()
+    local s = l:stats()
+    assert.are.equal(s.accepted, s.completed + s.failed + s.rejected)
+    l:close()
   end)
 end)
 

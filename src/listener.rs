@@ -129,45 +129,94 @@ impl Config {
 }
 
 /// What the accept loop, its sessions and the Lua listener object share.
+///
+/// `listener:reconfigure` makes a new *generation*: a `Shared` with the new
+/// `config` (and auth state when that changed) sharing everything else (the
+/// counters, tokens, per-IP counts, live sessions) through `Arc`s. New
+/// sessions get the latest generation ([`Shared::current`]); running ones keep
+/// the one they started with, which is freed when the last of them ends.
 pub struct Shared {
     pub config: Config,
     pub local_addr: SocketAddr,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     pub pump: Arc<Pump>,
     /// Cancelled by `close()`/shutdown: stop accepting; sessions go on.
     pub closing: CancellationToken,
     /// Cancelled when the grace period ends: in-flight sessions are cut.
     pub abort: CancellationToken,
-    pub accepting: AtomicBool,
+    pub accepting: Arc<AtomicBool>,
     /// Auth cache and failure delays (see `auth::check_credentials`).
-    pub auth: crate::auth::AuthState,
+    pub auth: Arc<crate::auth::AuthState>,
     /// Live sessions per client IP, kept only with `max_connections_per_ip`.
-    per_ip: Mutex<HashMap<IpAddr, u64>>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, u64>>>,
     /// Sessions relaying now: `listener:sessions()`, `close_sessions()`.
-    pub sessions: crate::server::sessions::Registry,
+    pub sessions: Arc<crate::server::sessions::Registry>,
+    /// On the first generation (the one the accept loop and Lua hold): the
+    /// latest one, when `reconfigure` made any. Points forward only: no cycle.
+    latest: Mutex<Option<Arc<Shared>>>,
+}
+
+fn auth_state(config: &Config) -> Arc<crate::auth::AuthState> {
+    Arc::new(crate::auth::AuthState {
+        cache: config
+            .auth_cache
+            .clone()
+            .map(crate::auth_cache::AuthCache::new),
+        delay: crate::auth_cache::FailureDelay::new(config.auth_failure_delay.clone()),
+    })
 }
 
 impl Shared {
     pub fn new(config: Config, local_addr: SocketAddr, pump: Arc<Pump>) -> Self {
-        let auth = crate::auth::AuthState {
-            cache: config
-                .auth_cache
-                .clone()
-                .map(crate::auth_cache::AuthCache::new),
-            delay: crate::auth_cache::FailureDelay::new(config.auth_failure_delay.clone()),
-        };
         Shared {
+            auth: auth_state(&config),
             config,
-            auth,
             local_addr,
-            stats: Stats::default(),
+            stats: Default::default(),
             pump,
             closing: CancellationToken::new(),
             abort: CancellationToken::new(),
-            accepting: AtomicBool::new(true),
-            per_ip: Mutex::new(HashMap::new()),
+            accepting: Arc::new(AtomicBool::new(true)),
+            per_ip: Default::default(),
             sessions: Default::default(),
+            latest: Mutex::new(None),
         }
+    }
+
+    /// The generation new sessions get.
+    pub fn current(self: &Arc<Self>) -> Arc<Shared> {
+        match &*self.latest.lock().unwrap() {
+            Some(l) => l.clone(),
+            None => self.clone(),
+        }
+    }
+
+    /// Makes `config` the settings of new sessions (see the type's comment).
+    /// The auth cache and failure-delay state carry over unless their
+    /// settings changed. Call on the first generation.
+    pub fn reconfigure(self: &Arc<Self>, config: Config) {
+        let cur = self.current();
+        let auth = if config.auth_cache == cur.config.auth_cache
+            && config.auth_failure_delay == cur.config.auth_failure_delay
+        {
+            cur.auth.clone()
+        } else {
+            auth_state(&config)
+        };
+        let next = Arc::new(Shared {
+            config,
+            local_addr: self.local_addr,
+            stats: self.stats.clone(),
+            pump: self.pump.clone(),
+            closing: self.closing.clone(),
+            abort: self.abort.clone(),
+            accepting: self.accepting.clone(),
+            auth,
+            per_ip: self.per_ip.clone(),
+            sessions: self.sessions.clone(),
+            latest: Mutex::new(None),
+        });
+        *self.latest.lock().unwrap() = Some(next);
     }
 
     pub fn close(&self) {
@@ -283,7 +332,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Ok((stream, peer)) => {
                 backoff = BACKOFF_MIN;
                 Stats::inc(&shared.stats.accepted);
-                if let Some(max) = shared.config.max_connections {
+                // The settings of `reconfigure`, if any, from this session on.
+                let gen = shared.current();
+                if let Some(max) = gen.config.max_connections {
                     if shared.stats.active.load(Ordering::Relaxed) >= max {
                         Stats::inc(&shared.stats.rejected);
                         tracing::warn!(
@@ -293,7 +344,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         continue;
                     }
                 }
-                let slot = match shared.config.max_connections_per_ip {
+                let slot = match gen.config.max_connections_per_ip {
                     None => None,
                     Some(max) => match shared.claim_ip(peer.ip(), max) {
                         Some(slot) => Some(slot),
@@ -308,7 +359,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     },
                 };
                 shared.stats.active.fetch_add(1, Ordering::Relaxed);
-                let shared = shared.clone();
+                let shared = gen;
                 // `slot` (per-IP count) is held by the task: released however it ends.
                 match &shared.config.service {
                     Service::Socks5 => tokio::spawn(async move {

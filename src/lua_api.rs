@@ -181,7 +181,12 @@ fn on(lua: &Lua, (name, f): (String, Value)) -> mlua::Result<()> {
 }
 
 fn listener_config(v: Value) -> mlua::Result<Config> {
-    let mut p = Params::new("start_proxy_listener", v)?;
+    listener_config_in("start_proxy_listener", v)
+}
+
+/// `ctx` names the caller in errors (`listener:reconfigure` parses with it too).
+pub(crate) fn listener_config_in(ctx: &str, v: Value) -> mlua::Result<Config> {
+    let mut p = Params::new(ctx, v)?;
     let listen = p.socket_addr("listen")?;
     let missing_listen = p.key_err("listen", "is required, e.g. '127.0.0.1:1080'");
     let mut c = Config::new(listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()));
@@ -438,13 +443,15 @@ pub(crate) fn refuse_in_nginx_master(lua: &Lua, what: &str) -> mlua::Result<()> 
 
 fn start_proxy_listener(lua: &Lua, params: Value) -> mlua::Result<LuaListener> {
     refuse_in_nginx_master(lua, "start_proxy_listener")?;
-    let config = listener_config(params)?;
+    let config = listener_config(params.clone())?;
     let listen = config.listen;
     let shared = listener::start(runtime::current(), config).map_err(|e| {
         err(format!(
             "start_proxy_listener: listen: cannot listen on {listen}: {e}"
         ))
     })?;
+    // `listener:reconfigure` re-reads these with its changes on top.
+    crate::lua::ops::remember_params(lua, &shared, &params)?;
     Ok(LuaListener::new(shared))
 }
 
@@ -522,9 +529,15 @@ impl UserData for LuaListener {
             tracing::info!("listener {}: TLS material reloaded", this.shared.local_addr);
             Ok(())
         });
+        methods.add_method("reconfigure", |lua, this, update: Value| {
+            this.check_pid()?;
+            crate::lua::ops::reconfigure(lua, &this.shared, update)
+        });
         methods.add_method("flush_auth_cache", |_, this, ()| {
+            this.check_pid()?;
             Ok(this
-                .check_pid()?
+                .shared
+                .current()
                 .auth
                 .cache
                 .as_ref()

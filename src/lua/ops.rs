@@ -183,3 +183,201 @@ pub fn reload(lua: &Lua) {
         );
     }
 }
+
+const PARAMS_KEY: &str = "kumoproxy.listener_params";
+
+fn params_registry(lua: &Lua) -> mlua::Result<Table> {
+    match lua.named_registry_value::<Value>(PARAMS_KEY)? {
+        Value::Table(t) => Ok(t),
+        _ => {
+            let t = lua.create_table()?;
+            lua.set_named_registry_value(PARAMS_KEY, &t)?;
+            Ok(t)
+        }
+    }
+}
+
+fn listener_key(shared: &Arc<Shared>) -> i64 {
+    Arc::as_ptr(shared) as usize as i64
+}
+
+/// Keeps a copy of a proxy listener's parameters for `reconfigure`.
+pub fn remember_params(lua: &Lua, shared: &Arc<Shared>, params: &Value) -> mlua::Result<()> {
+    let Value::Table(t) = params else {
+        return Ok(());
+    };
+    let copy = lua.create_table()?;
+    for pair in t.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        copy.raw_set(k, v)?;
+    }
+    params_registry(lua)?.raw_set(listener_key(shared), copy)
+}
+
+/// What `reconfigure` changes; each is a setting of new sessions only.
+const RECONFIGURABLE: &[&str] = &[
+    "timeout",
+    "require_auth",
+    "trusted_hosts",
+    "permissions",
+    "allow_private_destinations",
+    "allowed_source_addresses",
+    "auth_http",
+    "auth_cache",
+    "auth_failure_delay",
+    "max_connections",
+    "max_connections_per_ip",
+    "access_log",
+];
+
+/// Optional settings `reconfigure` can remove with `false` (`access_log` and
+/// `auth_failure_delay` take `false` themselves).
+const UNSETTABLE: &[&str] = &[
+    "max_connections",
+    "max_connections_per_ip",
+    "auth_http",
+    "auth_cache",
+    "permissions",
+    "trusted_hosts",
+    "allowed_source_addresses",
+];
+
+/// Settings of the listening socket or its TLS: fixed while it runs.
+const FIXED: &[&str] = &[
+    "listen",
+    "reuse_port",
+    "backlog",
+    "use_tls",
+    "tls_certificate",
+    "tls_private_key",
+    "tls_client_ca",
+    "tls_client_auth",
+    "hostname",
+    "require_password",
+    "tcp_keepalive",
+    "use_splice",
+    "protocols",
+    "egress_source",
+];
+
+/// Keys left out when re-parsing: the TLS material is kept as is (parsing it
+/// again would make a new self-signed certificate).
+const TLS_KEYS: &[&str] = &[
+    "use_tls",
+    "tls_certificate",
+    "tls_private_key",
+    "tls_client_ca",
+    "tls_client_auth",
+    "hostname",
+    "require_password",
+];
+
+/// `listener:reconfigure{...}`: new settings for new sessions, all at once.
+/// The start parameters with `update` on top are parsed as by
+/// `start_proxy_listener` (same validation, same errors), then only the
+/// updated keys replace the running values. Live sessions keep theirs.
+pub fn reconfigure(lua: &Lua, shared: &Arc<Shared>, update: Value) -> mlua::Result<()> {
+    const CTX: &str = "reconfigure";
+    let Value::Table(update) = update else {
+        return Err(err(format!(
+            "{CTX}: expected a parameter table, got {}",
+            update.type_name()
+        )));
+    };
+    let mut keys = Vec::new();
+    let mut fixed = Vec::new();
+    for pair in update.pairs::<Value, Value>() {
+        let (k, _) = pair?;
+        let name = match &k {
+            Value::String(s) => s.to_string_lossy(),
+            other => {
+                return Err(err(format!(
+                    "{CTX}: unexpected key of type {}",
+                    other.type_name()
+                )))
+            }
+        };
+        if FIXED.contains(&name.as_str()) {
+            fixed.push(name);
+        } else if RECONFIGURABLE.contains(&name.as_str()) {
+            keys.push(name);
+        } else {
+            return Err(err(format!(
+                "{CTX}: unknown parameter {name} (reconfigurable: {})",
+                RECONFIGURABLE.join(", ")
+            )));
+        }
+    }
+    if !fixed.is_empty() {
+        fixed.sort();
+        return Err(err(format!(
+            "{CTX}: {} cannot change on a running listener (start a new listener{})",
+            fixed.join(", "),
+            if fixed.iter().any(|k| k.starts_with("tls_")) {
+                "; TLS material: reload_tls"
+            } else {
+                ""
+            }
+        )));
+    }
+    let registry = params_registry(lua)?;
+    let Value::Table(base) = registry.raw_get::<Value>(listener_key(shared))? else {
+        return Err(err(format!(
+            "{CTX}: only listeners made by start_proxy_listener in this Lua state can be reconfigured"
+        )));
+    };
+    let merged = lua.create_table()?;
+    for pair in base.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        merged.raw_set(k, v)?;
+    }
+    for pair in update.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        // `false` lifts an optional setting (a limit, a cache, auth_http).
+        let lifts = matches!(v, Value::Boolean(false))
+            && matches!(&k, Value::String(s) if UNSETTABLE.contains(&s.to_string_lossy().as_str()));
+        merged.raw_set(k, if lifts { Value::Nil } else { v })?;
+    }
+    let parse = lua.create_table()?;
+    for pair in merged.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        if let Value::String(s) = &k {
+            if TLS_KEYS.contains(&s.to_string_lossy().as_str()) {
+                continue;
+            }
+        }
+        parse.raw_set(k, v)?;
+    }
+    let parsed = crate::lua_api::listener_config_in(CTX, Value::Table(parse))?;
+    let cur = shared.current();
+    let mut next = cur.config.clone();
+    for k in &keys {
+        match k.as_str() {
+            "timeout" => next.timeout = parsed.timeout,
+            "require_auth" => next.require_auth = parsed.require_auth,
+            "trusted_hosts" => next.trusted_hosts = parsed.trusted_hosts.clone(),
+            "permissions" | "allow_private_destinations" => {
+                next.permissions = parsed.permissions.clone()
+            }
+            "allowed_source_addresses" => {
+                next.allowed_source_addresses = parsed.allowed_source_addresses.clone()
+            }
+            "auth_http" => next.auth_http = parsed.auth_http.clone(),
+            "auth_cache" => next.auth_cache = parsed.auth_cache.clone(),
+            "auth_failure_delay" => next.auth_failure_delay = parsed.auth_failure_delay.clone(),
+            "max_connections" => next.max_connections = parsed.max_connections,
+            "max_connections_per_ip" => next.max_connections_per_ip = parsed.max_connections_per_ip,
+            "access_log" => next.access_log = parsed.access_log.clone(),
+            _ => unreachable!("checked against RECONFIGURABLE"),
+        }
+    }
+    shared.reconfigure(next);
+    registry.raw_set(listener_key(shared), merged)?;
+    keys.sort();
+    tracing::info!(
+        "listener {}: reconfigured {} for new sessions",
+        shared.local_addr,
+        keys.join(", ")
+    );
+    Ok(())
+}
