@@ -502,6 +502,14 @@ fn block_signals() {
     }
 }
 
+static SINKS: crate::host::runtime::PerProcess<Sinks> = crate::host::runtime::PerProcess::new();
+
+/// This process's access log writers (a forked child starts with none: the
+/// parent's writer threads did not survive the fork).
+pub fn sinks() -> &'static Sinks {
+    SINKS.get_or_init(Default::default)
+}
+
 /// The sinks of one process, by destination: listeners logging to the same
 /// path share one writer (and one file descriptor), so lines never interleave.
 #[derive(Default)]

@@ -2,9 +2,8 @@
 //! `kumoproxy.reopen_logs()`, live sessions (`listener:sessions()`,
 //! `listener:close_sessions()`, `kumoproxy.close_sessions()`).
 
-use crate::host::access_log::{Destination, Sink};
-use crate::listener::Shared;
-use crate::params::{err, Params};
+use crate::lua::params::{err, Params};
+use crate::server::config::Shared;
 use crate::server::sessions::{Filter, Live, PeerFilter};
 use mlua::{Lua, Table, Value};
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,7 +12,7 @@ use std::sync::Arc;
 pub fn register(lua: &Lua, m: &Table) -> mlua::Result<()> {
     m.set(
         "reopen_logs",
-        lua.create_function(|_, ()| Ok(crate::runtime::current().access_logs.reopen_all()))?,
+        lua.create_function(|_, ()| Ok(crate::host::access_log::sinks().reopen_all()))?,
     )?;
     m.set(
         "close_sessions",
@@ -28,8 +27,7 @@ pub fn register(lua: &Lua, m: &Table) -> mlua::Result<()> {
 /// Every listener of this process: `kumoproxy.close_sessions`, and Lua-free
 /// callers (the status listener does not close, it only lists).
 pub fn close_all(f: &Filter) -> usize {
-    let n: usize = crate::runtime::current()
-        .live_listeners()
+    let n: usize = crate::server::listener::live()
         .iter()
         .map(|l| close(l, f))
         .sum();
@@ -51,10 +49,10 @@ pub fn close(shared: &Shared, f: &Filter) -> usize {
 fn describe(f: &Filter) -> String {
     let mut v = Vec::new();
     if let Some(s) = &f.identity {
-        v.push(format!("identity={}", crate::logging::printable(s)));
+        v.push(format!("identity={}", crate::host::logging::printable(s)));
     }
     if let Some(s) = &f.group {
-        v.push(format!("group={}", crate::logging::printable(s)));
+        v.push(format!("group={}", crate::host::logging::printable(s)));
     }
     if let Some(p) = &f.peer {
         v.push(match p {
@@ -63,43 +61,15 @@ fn describe(f: &Filter) -> String {
         });
     }
     if let Some(s) = &f.destination {
-        v.push(format!("destination={}", crate::logging::printable(s)));
+        v.push(format!(
+            "destination={}",
+            crate::host::logging::printable(s)
+        ));
     }
     if v.is_empty() {
         "all".into()
     } else {
         v.join(" ")
-    }
-}
-
-/// `access_log = { path = '/var/log/kumoproxy/access.jsonl' }` (or `'-'`), or
-/// `false` (none; for `reconfigure`). Listeners with the same path share a writer.
-pub fn access_log_param(p: &mut Params) -> mlua::Result<Option<Option<Arc<Sink>>>> {
-    match p.raw("access_log")? {
-        Value::Nil => Ok(None),
-        Value::Boolean(false) => Ok(Some(None)),
-        t @ Value::Table(_) => {
-            let _ = t;
-            let mut a = p.nested_dotted("access_log")?.expect("a table");
-            let path = a.required_string("path")?;
-            if path.is_empty() {
-                return Err(a.key_err("path", "must not be empty ('-' is stderr)"));
-            }
-            a.finish()?;
-            let d = Destination::parse(&path);
-            let sink = crate::runtime::current()
-                .access_logs
-                .get(&d)
-                .map_err(|e| p.key_err("access_log", format!("cannot open '{path}': {e}")))?;
-            Ok(Some(Some(sink)))
-        }
-        other => Err(p.key_err(
-            "access_log",
-            format!(
-                "expected {{ path = '...' }} or false, got {}",
-                other.type_name()
-            ),
-        )),
     }
 }
 
@@ -169,17 +139,17 @@ fn session_table(lua: &Lua, l: &Live) -> mlua::Result<Table> {
 /// SIGHUP during `run()`: the `reload` handler when there is one. Never fatal:
 /// a handler error is logged and the proxy keeps serving with what it has.
 pub fn reload(lua: &Lua) {
-    use crate::pump::EVENT_RELOAD;
-    if !crate::pump::registered(EVENT_RELOAD) {
+    use crate::policy::events::EVENT_RELOAD;
+    if !crate::policy::events::registered(EVENT_RELOAD) {
         tracing::info!("SIGHUP: no '{EVENT_RELOAD}' handler registered; ignored");
         return;
     }
     tracing::info!("SIGHUP: calling the '{EVENT_RELOAD}' handler");
-    let r = crate::dispatch::handler(lua, EVENT_RELOAD).and_then(|f| f.call::<Value>(()));
+    let r = crate::lua::dispatch::handler(lua, EVENT_RELOAD).and_then(|f| f.call::<Value>(()));
     if let Err(e) = r {
         tracing::error!(
             "{EVENT_RELOAD} handler failed (still serving with the previous settings): {}",
-            crate::dispatch::flat(&e)
+            crate::lua::dispatch::flat(&e)
         );
     }
 }
@@ -348,7 +318,7 @@ pub fn reconfigure(lua: &Lua, shared: &Arc<Shared>, update: Value) -> mlua::Resu
         }
         parse.raw_set(k, v)?;
     }
-    let parsed = crate::lua_api::listener_config_in(CTX, Value::Table(parse))?;
+    let parsed = crate::lua::listener_params::listener_config_in(CTX, Value::Table(parse))?;
     let cur = shared.current();
     let mut next = cur.config.clone();
     for k in &keys {

@@ -6,11 +6,11 @@
 //! Nothing here waits: the record goes to the access log's bounded queue and
 //! the event to the pump with `notify` (both drop and count when full).
 
-use crate::auth::{AuthInfo, ConnMeta};
 use crate::host::access_log::{Outcome, Record};
-use crate::listener::Shared;
+use crate::policy::identity::{AuthInfo, ConnMeta};
+use crate::server::config::Shared;
+use crate::server::error::SessionError;
 use crate::server::sessions::{Bytes, NewSession};
-use crate::session::SessionError;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -63,8 +63,8 @@ impl Trace {
 }
 
 /// The request's name in records, as `proxy_server_request` spells it.
-pub fn command_name(c: crate::socks5::Command) -> &'static str {
-    use crate::socks5::Command;
+pub fn command_name(c: crate::proto::socks5::Command) -> &'static str {
+    use crate::proto::socks5::Command;
     match c {
         Command::Connect => "connect",
         Command::Bind => "bind",
@@ -100,7 +100,9 @@ where
         },
         trace.bytes.clone(),
     );
-    let relay = relay(trace.bytes.clone());
+    // Boxed: with the registration beside it, the relay state would grow every
+    // session's task past its budget (issue 8); one allocation per relay instead.
+    let relay = Box::pin(relay(trace.bytes.clone()));
     tokio::select! {
         r = relay => r,
         _ = reg.live.cancel.cancelled() => {
@@ -113,7 +115,7 @@ where
 /// The session ended: access log record and `proxy_session_end`, when wanted.
 pub fn finish(shared: &Shared, peer: SocketAddr, trace: &Trace, result: &Result<(), SessionError>) {
     let log = shared.config.access_log.as_ref();
-    let event = crate::pump::registered(crate::pump::EVENT_SESSION_END);
+    let event = crate::policy::events::registered(crate::policy::events::EVENT_SESSION_END);
     if log.is_none() && !event {
         return;
     }
@@ -151,7 +153,7 @@ pub fn finish(shared: &Shared, peer: SocketAddr, trace: &Trace, result: &Result<
 
 /// A session that ended before it had a trace (TLS handshake failure).
 pub fn finish_early(shared: &Shared, peer: SocketAddr, start: SystemTime, reason: String) {
-    let event = crate::pump::registered(crate::pump::EVENT_SESSION_END);
+    let event = crate::policy::events::registered(crate::policy::events::EVENT_SESSION_END);
     if shared.config.access_log.is_none() && !event {
         return;
     }
@@ -163,9 +165,11 @@ pub fn finish_early(shared: &Shared, peer: SocketAddr, start: SystemTime, reason
 
 fn emit(shared: &Shared, r: Record, event: bool) {
     if event {
-        shared.pump.notify(crate::pump::Event::SessionEnd {
-            summary: Box::new(r.clone()),
-        });
+        shared
+            .pump
+            .notify(crate::policy::events::Event::SessionEnd {
+                summary: Box::new(r.clone()),
+            });
     }
     if let Some(log) = &shared.config.access_log {
         log.log(r);

@@ -223,28 +223,6 @@ impl Registry {
     }
 }
 
-/// `GET /proxy/sessions`: every listener's live sessions as JSON.
-pub fn all_json(listeners: &[Arc<crate::listener::Shared>]) -> serde_json::Value {
-    let mut out = Vec::new();
-    for l in listeners {
-        for s in l.sessions.list(&Filter::default()) {
-            out.push(serde_json::json!({
-                "listener": l.local_addr.to_string(),
-                "id": s.id,
-                "peer": s.info.peer.to_string(),
-                "protocol": s.info.protocol,
-                "identity": s.identity(),
-                "groups": s.info.groups,
-                "destination": s.info.destination,
-                "started": humantime::format_rfc3339_millis(s.info.started).to_string(),
-                "bytes_up": s.bytes.up.load(Relaxed),
-                "bytes_down": s.bytes.down.load(Relaxed),
-            }));
-        }
-    }
-    serde_json::Value::Array(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

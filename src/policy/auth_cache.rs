@@ -5,7 +5,7 @@
 //! HMAC-SHA256 of (username, password) under a random per-process key, and
 //! digests are compared in constant time. A changed password is a miss.
 
-use crate::auth::AuthInfo;
+use crate::policy::identity::AuthInfo;
 use ring::hmac;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -224,7 +224,7 @@ impl FailureDelay {
         let Some(cfg) = &self.cfg else {
             return Duration::ZERO;
         };
-        let ip = crate::permissions::canonical(ip);
+        let ip = crate::policy::permissions::canonical(ip);
         let mut peers = self.peers.lock().unwrap();
         match peers.get(&ip) {
             Some((n, last)) if last.elapsed() < cfg.forget_after => {
@@ -253,7 +253,7 @@ impl FailureDelay {
         let Some(cfg) = &self.cfg else {
             return;
         };
-        let ip = crate::permissions::canonical(ip);
+        let ip = crate::policy::permissions::canonical(ip);
         let mut peers = self.peers.lock().unwrap();
         if peers.len() >= MAX_PEERS && !peers.contains_key(&ip) {
             peers.retain(|_, (_, last)| last.elapsed() < cfg.forget_after);
@@ -278,7 +278,7 @@ impl FailureDelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::CONTEXT_RFC1929;
+    use crate::policy::identity::CONTEXT_RFC1929;
 
     fn cache(max: usize) -> AuthCache {
         AuthCache::new(CacheConfig {

@@ -1,52 +1,23 @@
-//! Prometheus metrics for the status listener's `GET /metrics`.
+//! Prometheus exposition for the status listener's `GET /metrics`.
 //!
-//! Listener counters already live in atomics (`stats.rs`), so they are read at
+//! Listener counters already live in atomics (`host::stats`), so they are read at
 //! scrape time by a [`Collector`] rather than mirrored into registered metrics:
 //! one source of truth, nothing to keep in sync, and a listener that goes away
-//! simply stops being reported. Only the Lua event latency histogram is a real
-//! prometheus-client metric; it lives on the per-process [`Pump`], so a forked
-//! worker starts with its own.
+//! simply stops being reported.
 
-use crate::listener::Shared;
-use crate::pump::Pump;
+use crate::policy::events::EventPump as Pump;
+use crate::server::config::Shared;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The Content-Type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-type EventLabels = [(&'static str, &'static str); 1];
-
-/// Seconds each Lua handler took, by event name.
-#[derive(Clone)]
-pub struct EventLatency(Family<EventLabels, Histogram, fn() -> Histogram>);
-
-impl Default for EventLatency {
-    fn default() -> Self {
-        // 50 µs .. ~1.2 s: a handler that decides from a table takes microseconds;
-        // one that blocks the host thread shows up in the top buckets.
-        EventLatency(Family::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_05, 2.5, 12))
-        }))
-    }
-}
-
-impl EventLatency {
-    pub fn observe(&self, event: &'static str, took: Duration) {
-        self.0
-            .get_or_create(&[("event", event)])
-            .observe(took.as_secs_f64());
-    }
-}
 
 fn help(stat: &str) -> &'static str {
     match stat {
@@ -159,7 +130,7 @@ pub fn render(listeners: Vec<Arc<Shared>>, pump: &Arc<Pump>) -> String {
     reg.register(
         "lua_event_duration_seconds",
         "Time spent in Lua event handlers",
-        pump.event_latency.0.clone(),
+        pump.event_latency.family(),
     );
     reg.register_collector(Box::new(Snapshot {
         listeners,
@@ -174,6 +145,7 @@ pub fn render(listeners: Vec<Arc<Shared>>, pump: &Arc<Pump>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn renders_pump_and_histogram() {

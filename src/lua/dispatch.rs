@@ -4,10 +4,10 @@
 //! on the thread that called them. A handler that errors, returns the wrong type or
 //! is missing fails closed for that one request, with one log line naming the event.
 
-use crate::auth::{AuthInfo, ConnMeta, Identity, CONTEXT_RFC1929};
-use crate::permissions::Permissions;
-use crate::policy::Overrides;
-use crate::pump::{Event, Pump, Verdict, EVENT_REQUEST};
+use crate::policy::events::Overrides;
+use crate::policy::events::{Event, EventPump as Pump, Verdict, EVENT_REQUEST};
+use crate::policy::identity::{AuthInfo, ConnMeta, Identity, CONTEXT_RFC1929};
+use crate::policy::permissions::Permissions;
 use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -139,7 +139,7 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
                 Err(e) => {
                     tracing::error!(
                         "{name} handler failed (denying user '{}'): {}",
-                        crate::logging::printable(&user),
+                        crate::host::logging::printable(&user),
                         flat(&e)
                     );
                     Err(format!("{name} handler raised an error"))
@@ -154,7 +154,7 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
         }
         Event::HttpAuthBasic { user, reply, .. } => {
             // For log lines only: escape what a client could forge lines with.
-            let who = crate::logging::printable(&String::from_utf8_lossy(&user)).into_owned();
+            let who = crate::host::logging::printable(&String::from_utf8_lossy(&user)).into_owned();
             // Seed semantics: true/false decide; anything else is a handler bug
             // and fails closed with a 500, never a pass.
             let verdict = match outcome {
@@ -202,7 +202,7 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
 }
 
 /// `true` / `false` / `{ destination, source_address, egress_source }`.
-fn request_verdict(lua: &Lua, ret: Value) -> crate::policy::RequestVerdict {
+fn request_verdict(lua: &Lua, ret: Value) -> crate::policy::events::RequestVerdict {
     let t = match ret {
         Value::Boolean(true) => return Ok(Overrides::default()),
         Value::Boolean(false) => return Err(format!("denied by the {EVENT_REQUEST} handler")),
@@ -245,7 +245,7 @@ fn request_verdict(lua: &Lua, ret: Value) -> crate::policy::RequestVerdict {
             }
             "egress_source" => {
                 over.egress = Some(
-                    crate::lua_egress::source_from_value(lua, &v)
+                    crate::lua::egress_source::source_from_value(lua, &v)
                         .map_err(|e| bad(format!("egress_source: {e}")))?,
                 );
             }

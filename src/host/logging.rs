@@ -41,6 +41,7 @@ pub fn init() {
     });
 }
 
+/// `KUMOPROXY_LOG_FORMAT`: `json` for one JSON object per line, else text.
 fn json_format() -> bool {
     match std::env::var("KUMOPROXY_LOG_FORMAT").as_deref() {
         Ok("json") => true,
@@ -56,33 +57,5 @@ fn json_format() -> bool {
     }
 }
 
-/// Client-supplied text for a log line, control characters escaped (`\n`,
-/// `\u{1b}`), so a peer cannot forge or garble log lines.
-pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
-        return s.into();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect::<String>()
-        .into()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn printable_escapes_control_characters_only() {
-        assert_eq!(super::printable("alice"), "alice");
-        assert_eq!(super::printable("Jürgen"), "Jürgen");
-        assert_eq!(
-            super::printable("x\nINFO forged\r\x1b[2J"),
-            "x\\nINFO forged\\r\\u{1b}[2J"
-        );
-    }
-}
+/// Client text is escaped in `proto::text`; re-exported for log call sites.
+pub use crate::proto::text::printable;

@@ -4,34 +4,28 @@
 //! event, which may refuse, rewrite the destination, pick a source address or
 //! an egress source. The event is only asked when a handler is registered.
 
-use crate::auth::{AuthInfo, ConnMeta};
 use crate::egress::EgressSource;
-use crate::listener::Shared;
-use crate::net::within;
-use crate::permissions::{self, Permissions};
-use crate::pump::{Event, EVENT_REQUEST};
-use crate::socks5::{reply, TargetAddr};
+use crate::host::net::within;
+use crate::policy::events::{Event, Overrides, RequestInfo, EVENT_REQUEST};
+use crate::policy::identity::{AuthInfo, ConnMeta};
+use crate::policy::permissions::{self, Permissions};
+use crate::proto::socks5::{reply, TargetAddr};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-/// `request` as the Lua handler sees it.
-#[derive(Debug, Clone)]
-pub struct RequestInfo {
-    pub command: &'static str,
-    pub host: String,
-    pub port: u16,
+/// What the request policy needs of the listener it runs for.
+pub struct RequestContext<'a> {
+    /// The listener's destination rules (with the private-destination denials
+    /// unless `allow_private_destinations`).
+    pub permissions: &'a Permissions,
+    /// BIND / policy source addresses; `None` = whatever the host can bind.
+    pub allowed_source_addresses: Option<&'a [ipnet::IpNet]>,
+    /// The listener's upstream, when it chains.
+    pub egress: Option<&'a Arc<EgressSource>>,
+    /// Bounds DNS lookups and the wait for a Lua decision.
+    pub timeout: std::time::Duration,
+    pub pump: &'a crate::policy::events::EventPump,
 }
-
-/// What a handler's table may change. All `None` = go ahead as asked.
-#[derive(Debug, Default)]
-pub struct Overrides {
-    pub destination: Option<TargetAddr>,
-    pub source_address: Option<IpAddr>,
-    pub egress: Option<Arc<EgressSource>>,
-}
-
-/// `Err` = refused, with the reason for the log.
-pub type RequestVerdict = Result<Overrides, String>;
 
 /// Why a request does not go ahead. `denied` ones get reply 0x02 and count in
 /// `stats().denied`; the others carry the reply code to send.
@@ -65,8 +59,8 @@ pub struct Plan {
     pub egress: Option<Arc<EgressSource>>,
 }
 
-fn layers<'a>(shared: &'a Shared, auth: &'a AuthInfo) -> Vec<&'a Permissions> {
-    let mut v = vec![&*shared.config.permissions];
+fn layers<'a>(ctx: &'a RequestContext<'a>, auth: &'a AuthInfo) -> Vec<&'a Permissions> {
+    let mut v = vec![ctx.permissions];
     if let Some(p) = &auth.permissions {
         v.push(p);
     }
@@ -85,9 +79,9 @@ async fn check_destination(
     target: &TargetAddr,
     egress: &Option<Arc<EgressSource>>,
     auth: &AuthInfo,
-    shared: &Shared,
+    ctx: &RequestContext<'_>,
 ) -> Result<Vec<SocketAddr>, Refusal> {
-    let layers = layers(shared, auth);
+    let layers = layers(ctx, auth);
     let (host, port) = (target.host(), target.port());
     if let Some(why) = permissions::denies_name(&layers, &host, port) {
         return Err(Refusal::denied(why));
@@ -96,13 +90,13 @@ async fn check_destination(
         TargetAddr::Ip(a) => vec![*a],
         TargetAddr::Domain(..) if via_proxy(egress) => Vec::new(),
         TargetAddr::Domain(name, _) => {
-            let t = shared.config.timeout;
+            let t = ctx.timeout;
             let timed_out = Refusal {
                 code: reply::TTL_EXPIRED,
                 reason: format!("cannot resolve {name} within {t:?}"),
             };
             let lookup = async {
-                crate::net::resolve(target, None)
+                crate::host::net::resolve(target, None)
                     .await
                     .map_err(|(code, reason)| Refusal { code, reason })
             };
@@ -114,9 +108,8 @@ async fn check_destination(
     Ok(addrs)
 }
 
-fn check_source(shared: &Shared, ip: IpAddr, port: u16) -> Result<(), Refusal> {
-    permissions::check_source(shared.config.allowed_source_addresses.as_deref(), ip, port)
-        .map_err(Refusal::denied)
+fn check_source(ctx: &RequestContext<'_>, ip: IpAddr, port: u16) -> Result<(), Refusal> {
+    permissions::check_source(ctx.allowed_source_addresses, ip, port).map_err(Refusal::denied)
 }
 
 /// Permissions, then the request event (when registered), for a CONNECT.
@@ -124,21 +117,21 @@ pub async fn plan_connect(
     target: &TargetAddr,
     auth: &Arc<AuthInfo>,
     meta: &Arc<ConnMeta>,
-    shared: &Shared,
+    ctx: &RequestContext<'_>,
 ) -> Result<Plan, Refusal> {
     let mut plan = Plan {
         target: target.clone(),
         addrs: Vec::new(),
         source: None,
-        egress: shared.config.egress.clone(),
+        egress: ctx.egress.cloned(),
     };
-    plan.addrs = check_destination(&plan.target, &plan.egress, auth, shared).await?;
+    plan.addrs = check_destination(&plan.target, &plan.egress, auth, ctx).await?;
     let info = RequestInfo {
         command: "connect",
         host: target.host(),
         port: target.port(),
     };
-    let Some(over) = ask(info, auth, meta, shared).await? else {
+    let Some(over) = ask(info, auth, meta, ctx).await? else {
         return Ok(plan);
     };
     let recheck = over.destination.is_some() || over.egress.is_some();
@@ -149,12 +142,12 @@ pub async fn plan_connect(
         plan.egress = Some(e);
     }
     if let Some(ip) = over.source_address {
-        check_source(shared, ip, 0)?;
+        check_source(ctx, ip, 0)?;
         plan.source = Some(ip);
     }
     if recheck {
         // A rewrite is held to the same rules as the client's own request.
-        plan.addrs = check_destination(&plan.target, &plan.egress, auth, shared).await?;
+        plan.addrs = check_destination(&plan.target, &plan.egress, auth, ctx).await?;
     }
     Ok(plan)
 }
@@ -165,15 +158,15 @@ pub async fn plan_bind(
     source: SocketAddr,
     auth: &Arc<AuthInfo>,
     meta: &Arc<ConnMeta>,
-    shared: &Shared,
+    ctx: &RequestContext<'_>,
 ) -> Result<SocketAddr, Refusal> {
-    check_source(shared, source.ip(), source.port())?;
+    check_source(ctx, source.ip(), source.port())?;
     let info = RequestInfo {
         command: "bind",
         host: source.ip().to_string(),
         port: source.port(),
     };
-    let Some(over) = ask(info, auth, meta, shared).await? else {
+    let Some(over) = ask(info, auth, meta, ctx).await? else {
         return Ok(source);
     };
     if over.destination.is_some() || over.egress.is_some() {
@@ -185,7 +178,7 @@ pub async fn plan_bind(
     }
     match over.source_address {
         Some(ip) => {
-            check_source(shared, ip, 0)?;
+            check_source(ctx, ip, 0)?;
             Ok(SocketAddr::new(ip, 0))
         }
         None => Ok(source),
@@ -197,19 +190,19 @@ async fn ask(
     request: RequestInfo,
     auth: &Arc<AuthInfo>,
     meta: &Arc<ConnMeta>,
-    shared: &Shared,
+    ctx: &RequestContext<'_>,
 ) -> Result<Option<Overrides>, Refusal> {
-    if !crate::pump::registered(EVENT_REQUEST) {
+    if !crate::policy::events::registered(EVENT_REQUEST) {
         return Ok(None);
     }
     let what = format!("{} {}:{}", request.command, request.host, request.port);
-    let ask = shared.pump.ask(|reply| Event::Request {
+    let ask = ctx.pump.ask(|reply| Event::Request {
         request,
         auth: auth.clone(),
         meta: meta.clone(),
         reply,
     });
-    let t = shared.config.timeout;
+    let t = ctx.timeout;
     match tokio::time::timeout(t, ask).await {
         Ok(Ok(Ok(over))) => Ok(Some(over)),
         Ok(Ok(Err(why))) => Err(Refusal::denied(format!("{what}: {why}"))),

@@ -1,113 +1,29 @@
 //! The event pump: how runtime tasks ask the host's Lua for a decision.
 //!
-//! A task builds an [`Event`] carrying a oneshot sender, queues it, and awaits the
+//! A task builds an event (`policy::events::Event`) carrying a oneshot sender, queues it, and awaits the
 //! answer. The host thread drains the queue in `kumoproxy.poll`/`run` and answers
-//! each event by calling its Lua handler (see `dispatch.rs`). An eventfd is readable
+//! each event by calling its Lua handler (see `lua/dispatch.rs`). An eventfd is readable
 //! while events are pending, so the host can sleep in poll(2) and any foreign event
 //! loop can watch the same fd. The queue is bounded: when the host falls behind,
 //! new questions fail closed at once instead of piling up.
 
-use crate::auth::{AuthInfo, ConnMeta};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 pub const DEFAULT_MAX_PENDING: usize = 10_000;
 
-/// Why an authentication was refused; never contains the password.
-pub type Verdict = Result<AuthInfo, String>;
-
-pub enum Event {
-    /// `proxy_server_auth_rfc1929(username, password, conn_meta)`
-    AuthRfc1929 {
-        username: Vec<u8>,
-        password: Vec<u8>,
-        meta: Arc<ConnMeta>,
-        reply: oneshot::Sender<Verdict>,
-    },
-    /// `http_server_validate_auth_basic(user, password, conn_meta)`: HTTP CONNECT's
-    /// `Proxy-Authorization` and the status listener's `Authorization`.
-    HttpAuthBasic {
-        user: Vec<u8>,
-        /// `None` when the credentials had no colon (user only).
-        password: Option<Vec<u8>>,
-        meta: Arc<ConnMeta>,
-        reply: oneshot::Sender<crate::http_connect::BasicVerdict>,
-    },
-    /// `proxy_server_request(request, auth_info, conn_meta)`
-    Request {
-        request: crate::policy::RequestInfo,
-        auth: Arc<AuthInfo>,
-        meta: Arc<ConnMeta>,
-        reply: oneshot::Sender<crate::policy::RequestVerdict>,
-    },
-    /// `proxy_session_end(summary)`: a notification, nobody waits for an answer.
-    SessionEnd {
-        summary: Box<crate::host::access_log::Record>,
-    },
-}
-
-impl Event {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Event::AuthRfc1929 { .. } => EVENT_AUTH_RFC1929,
-            Event::HttpAuthBasic { .. } => EVENT_HTTP_AUTH_BASIC,
-            Event::Request { .. } => EVENT_REQUEST,
-            Event::SessionEnd { .. } => EVENT_SESSION_END,
-        }
-    }
-
+/// What the pump needs to know of a queued question; the questions themselves
+/// (`policy::events::Event`) belong to the layer that asks them.
+pub trait PendingEvent: Send + 'static {
+    /// The Lua event name (for logs and the latency histogram).
+    fn name(&self) -> &'static str;
     /// The asker gave up (timeout, client gone): no point running Lua for it.
-    pub fn is_abandoned(&self) -> bool {
-        match self {
-            Event::AuthRfc1929 { reply, .. } => reply.is_closed(),
-            Event::HttpAuthBasic { reply, .. } => reply.is_closed(),
-            Event::Request { reply, .. } => reply.is_closed(),
-            Event::SessionEnd { .. } => false,
-        }
-    }
-}
-
-pub const EVENT_AUTH_RFC1929: &str = "proxy_server_auth_rfc1929";
-pub const EVENT_HTTP_AUTH_BASIC: &str = "http_server_validate_auth_basic";
-pub const EVENT_REQUEST: &str = "proxy_server_request";
-pub const EVENT_SESSION_END: &str = "proxy_session_end";
-/// SIGHUP during `run()`; called by `run()` itself, never queued.
-pub const EVENT_RELOAD: &str = "reload";
-
-/// Every event name `kumoproxy.on` accepts, with its bit in [`registered`].
-pub const EVENTS: &[&str] = &[
-    EVENT_AUTH_RFC1929,
-    EVENT_HTTP_AUTH_BASIC,
-    EVENT_REQUEST,
-    EVENT_SESSION_END,
-    EVENT_RELOAD,
-];
-
-/// Which events have a Lua handler. Process-global and lock-free, so it stays
-/// valid across fork and runtime tasks can read it without asking the host.
-static REGISTERED: AtomicU64 = AtomicU64::new(0);
-
-pub fn event_bit(name: &str) -> Option<u64> {
-    EVENTS.iter().position(|e| *e == name).map(|i| 1 << i)
-}
-
-pub fn set_registered(name: &str, on: bool) {
-    if let Some(bit) = event_bit(name) {
-        if on {
-            REGISTERED.fetch_or(bit, Ordering::AcqRel);
-        } else {
-            REGISTERED.fetch_and(!bit, Ordering::AcqRel);
-        }
-    }
-}
-
-pub fn registered(name: &str) -> bool {
-    event_bit(name).is_some_and(|bit| REGISTERED.load(Ordering::Acquire) & bit != 0)
+    fn is_abandoned(&self) -> bool;
 }
 
 #[derive(Debug)]
@@ -130,8 +46,8 @@ impl std::fmt::Display for AskError {
     }
 }
 
-pub struct Pump {
-    queue: Mutex<VecDeque<Event>>,
+pub struct Pump<E> {
+    queue: Mutex<VecDeque<E>>,
     efd: OwnedFd,
     max_pending: AtomicUsize,
     /// Questions refused because the queue was full.
@@ -142,10 +58,10 @@ pub struct Pump {
     /// Wakes runtime-side waiters (the embedding wake socket) as `wake` does the fd.
     notify: tokio::sync::Notify,
     /// How long Lua handlers take, per event (the `/metrics` histogram).
-    pub event_latency: crate::metrics::EventLatency,
+    pub event_latency: crate::host::metrics::EventLatency,
 }
 
-impl Pump {
+impl<E: PendingEvent> Pump<E> {
     pub fn new() -> io::Result<Self> {
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -181,7 +97,7 @@ impl Pump {
     }
 
     /// Queue an event for the host; gives it back when the queue is full.
-    fn submit(&self, ev: Event) -> Result<(), Event> {
+    fn submit(&self, ev: E) -> Result<(), E> {
         {
             let mut q = self.queue.lock().unwrap();
             if q.len() >= self.max_pending() {
@@ -194,10 +110,7 @@ impl Pump {
     }
 
     /// Ask the host a question and await its answer. The caller bounds the wait.
-    pub async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Event,
-    ) -> Result<T, AskError> {
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> E) -> Result<T, AskError> {
         let (tx, rx) = oneshot::channel();
         if self.submit(make(tx)).is_err() {
             self.overloaded.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +121,7 @@ impl Pump {
 
     /// Queue a notification best-effort: never waits, dropped (and counted) when
     /// the queue is full, so it cannot delay the session that sends it.
-    pub fn notify(&self, ev: Event) {
+    pub fn notify(&self, ev: E) {
         if self.submit(ev).is_err() {
             self.dropped_notifications.fetch_add(1, Ordering::Relaxed);
         }
@@ -231,7 +144,7 @@ impl Pump {
     }
 
     /// Puts events back at the front of the queue, in order (see `take_events(max)`).
-    pub fn requeue(&self, events: VecDeque<Event>) {
+    pub fn requeue(&self, events: VecDeque<E>) {
         if events.is_empty() {
             return;
         }
@@ -254,7 +167,7 @@ impl Pump {
 
     /// Take every queued event. Resets the eventfd first, so an event queued after
     /// this call makes it readable again: no wakeup is ever lost.
-    pub fn drain(&self) -> VecDeque<Event> {
+    pub fn drain(&self) -> VecDeque<E> {
         self.reset_wake();
         std::mem::take(&mut *self.queue.lock().unwrap())
     }

@@ -5,11 +5,13 @@
 //! proxy, whose auth handler is Lua on this very thread).
 
 use crate::egress::{self, Connected, EgressSource, EgressStream, Settings};
-use crate::lua_api::{block_pumping, LuaListener};
-use crate::net::within;
-use crate::params::{err, parse_duration, Params};
-use crate::runtime;
-use crate::socks5::TargetAddr;
+use crate::host::net::within;
+use crate::host::runtime;
+use crate::lua::egress_source::{by_name, LuaEgressSource};
+use crate::lua::listener::LuaListener;
+use crate::lua::params::{err, parse_duration, Params};
+use crate::lua::pumping::block_pumping;
+use crate::proto::socks5::TargetAddr;
 use mlua::{Lua, MultiValue, Table, UserData, UserDataMethods, Value};
 use std::io;
 use std::net::SocketAddr;
@@ -28,70 +30,6 @@ pub fn register(lua: &Lua, m: &Table) -> mlua::Result<()> {
             Ok(ud)
         })?,
     )
-}
-
-const BY_NAME_KEY: &str = "kumoproxy.egress_sources";
-
-/// Sources by name for `egress_source = 'name'` in policy replies: the latest
-/// one made with a name wins. Weak values: a source nobody holds can go away.
-fn by_name(lua: &Lua) -> mlua::Result<Table> {
-    if let Value::Table(t) = lua.named_registry_value::<Value>(BY_NAME_KEY)? {
-        return Ok(t);
-    }
-    let t = lua.create_table()?;
-    let mt = lua.create_table()?;
-    mt.set("__mode", "v")?;
-    t.set_metatable(Some(mt))?;
-    lua.set_named_registry_value(BY_NAME_KEY, &t)?;
-    Ok(t)
-}
-
-/// An egress source object, or the name of one made earlier in this Lua state.
-pub fn source_from_value(lua: &Lua, v: &Value) -> Result<Arc<EgressSource>, String> {
-    match v {
-        Value::UserData(ud) => ud
-            .borrow::<LuaEgressSource>()
-            .map(|s| s.source.clone())
-            .map_err(|_| "expected an egress source or its name".to_string()),
-        Value::String(s) => {
-            let name = s.to_string_lossy();
-            match by_name(lua)
-                .and_then(|t| t.raw_get::<Value>(name.as_str()))
-                .map_err(|e| e.to_string())?
-            {
-                Value::UserData(ud) => ud
-                    .borrow::<LuaEgressSource>()
-                    .map(|s| s.source.clone())
-                    .map_err(|e| e.to_string()),
-                _ => Err(format!("no egress source named '{name}'")),
-            }
-        }
-        other => Err(format!(
-            "expected an egress source or its name, got {}",
-            other.type_name()
-        )),
-    }
-}
-
-/// `egress_source = src` in another function's parameters (start_proxy_listener).
-pub fn egress_param(p: &mut Params, key: &str) -> mlua::Result<Option<Arc<EgressSource>>> {
-    match p.raw(key)? {
-        Value::Nil => Ok(None),
-        Value::UserData(ud) => match ud.borrow::<LuaEgressSource>() {
-            Ok(src) => Ok(Some(src.source.clone())),
-            Err(_) => Err(p.key_err(
-                key,
-                "expected an egress source from kumoproxy.make_egress_source",
-            )),
-        },
-        other => Err(p.key_err(
-            key,
-            format!(
-                "expected an egress source from kumoproxy.make_egress_source, got {}",
-                other.type_name()
-            ),
-        )),
-    }
 }
 
 const CTX: &str = "make_egress_source";
@@ -182,11 +120,6 @@ fn secret(p: &mut Params, key: &str) -> mlua::Result<Option<Vec<u8>>> {
     Ok(Some(out))
 }
 
-/// The egress source object.
-pub struct LuaEgressSource {
-    source: Arc<EgressSource>,
-}
-
 fn port_arg(v: &Value, what: &str) -> mlua::Result<u16> {
     let n = match v {
         Value::Integer(i) => *i as f64,
@@ -251,13 +184,18 @@ impl UserData for LuaEgressSource {
                 return Err(p.key_err("timeout", "must be greater than zero"));
             }
             p.finish()?;
-            let shared =
-                egress::start_forward(runtime::current(), this.source.clone(), listen, to, idle)
-                    .map_err(|e| {
-                        err(format!(
-                            "egress_source:forward: listen: cannot listen on {listen}: {e}"
-                        ))
-                    })?;
+            let shared = crate::server::listener::start_forward(
+                runtime::current(),
+                this.source.clone(),
+                listen,
+                to,
+                idle,
+            )
+            .map_err(|e| {
+                err(format!(
+                    "egress_source:forward: listen: cannot listen on {listen}: {e}"
+                ))
+            })?;
             Ok(LuaListener::new(shared))
         });
         methods.add_meta_method("__tostring", |_, this, ()| {

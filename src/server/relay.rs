@@ -9,7 +9,7 @@
 //! other (half-close propagates); an error on either side ends both. The relay ends
 //! when nothing moved in either direction for the listener's `timeout`.
 
-use crate::listener::Shared;
+use crate::server::config::Shared;
 use crate::server::sessions::Bytes;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +70,7 @@ pub async fn relay(
         let activity = Activity::new();
         let to_remote = (&stats.bytes_to_remote, &session.up);
         let to_client = (&stats.bytes_to_client, &session.down);
-        let pool = &crate::runtime::current().pipes;
+        let pool = pipes();
         let both = async {
             tokio::try_join!(
                 splice::one_way(&client, &remote, to_remote, &activity, pool),
@@ -130,13 +130,13 @@ async fn copy_both(
 /// Picks the relay for a client/remote pair: splice when both ends are plain TCP,
 /// userspace copy when either end is TLS (splice cannot see the plaintext).
 pub async fn relay_any(
-    client: crate::stream::ClientStream,
+    client: crate::host::stream::ClientStream,
     remote: crate::egress::EgressStream,
     early: &[u8],
     shared: &Shared,
     session: &Bytes,
 ) -> io::Result<()> {
-    use crate::stream::MaybeTls::Plain;
+    use crate::host::stream::MaybeTls::Plain;
     match (client, remote) {
         (Plain(c), Plain(r)) => relay(c, r, early, shared, session).await,
         // TLS relays hold whole TLS streams: boxed, so they do not grow every
@@ -244,9 +244,16 @@ impl PipePool {
     }
 }
 
+static PIPES: crate::host::runtime::PerProcess<PipePool> = crate::host::runtime::PerProcess::new();
+
+/// This process's idle splice pipes.
+fn pipes() -> &'static PipePool {
+    PIPES.get_or_init(PipePool::default)
+}
+
 /// Idle splice pipes kept for reuse in this process (each holds 2 fds).
 pub fn pooled_pipes() -> usize {
-    crate::runtime::current().pipes.len()
+    pipes().len()
 }
 
 fn ignore_not_connected(e: io::Error) -> io::Result<()> {
@@ -279,7 +286,7 @@ mod splice {
         w: OwnedFd,
     }
 
-    /// Idle pipes of this process. It lives in `runtime::Process`, so a forked
+    /// Idle pipes of this process. It lives in a `PerProcess` cell, so a forked
     /// child never shares the parent's pipes, nor a lock held at fork time.
     #[derive(Default)]
     pub struct PipePool(Mutex<Vec<Pipe>>);

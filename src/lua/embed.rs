@@ -20,10 +20,10 @@
 //! can only wait on sockets (nginx cosockets): a unix socket that receives a byte
 //! whenever events are queued.
 
-use crate::dispatch::{answer, event_args, handler};
-use crate::params::err;
-use crate::pump::Event;
-use crate::runtime;
+use crate::host::runtime;
+use crate::lua::dispatch::{answer, event_args, handler};
+use crate::lua::params::err;
+use crate::policy::events::Event;
 use mlua::{Lua, UserData, UserDataMethods, Value};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -75,7 +75,7 @@ impl UserData for LuaEvent {
 
 /// `kumoproxy.take_events([max])` -> list of event objects (possibly empty).
 pub fn take_events(lua: &Lua, max: Option<usize>) -> mlua::Result<mlua::Table> {
-    let pump = runtime::current().pump();
+    let pump = crate::policy::events::pump();
     let out = lua.create_table()?;
     let mut events = pump.drain();
     if let Some(max) = max {
@@ -101,9 +101,9 @@ pub fn take_events(lua: &Lua, max: Option<usize>) -> mlua::Result<mlua::Table> {
 /// dispatching them: for hosts that take and run them in their own coroutines.
 pub fn wait_events(lua: &Lua, (timeout, min): (Value, Option<usize>)) -> mlua::Result<usize> {
     let min = min.unwrap_or(1).max(1);
-    let t = crate::params::optional_duration(lua, &timeout, "kumoproxy.wait_events")?;
+    let t = crate::lua::params::optional_duration(lua, &timeout, "kumoproxy.wait_events")?;
     let deadline = t.map(|t| std::time::Instant::now() + t);
-    let pump = runtime::current().pump();
+    let pump = crate::policy::events::pump();
     loop {
         let n = pump.pending();
         if n >= min {
@@ -165,7 +165,7 @@ pub fn event_socket(_: &Lua, dir: Option<String>) -> mlua::Result<String> {
             path.display()
         ))
     })?;
-    let pump = process.pump().clone();
+    let pump = crate::policy::events::pump().clone();
     rt.spawn(async move {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else {

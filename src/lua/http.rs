@@ -1,13 +1,13 @@
 //! The Lua side of the HTTP pieces: `kumoproxy.start_http_listener{...}` and its
 //! object, and the proxy listener's `protocols` parameter.
 
-use crate::auth::TrustedHosts;
-use crate::http_server::{self, Config};
-use crate::listener::Protocols;
-use crate::lua_api::pem_param;
-use crate::params::{err, Params};
-use crate::runtime;
-use crate::tls::{ClientAuth, TlsParams, TlsServer};
+use crate::host::runtime;
+use crate::host::tls::{ClientAuth, TlsParams, TlsServer};
+use crate::lua::params::pem_param;
+use crate::lua::params::{err, Params};
+use crate::policy::identity::TrustedHosts;
+use crate::server::listener::Protocols;
+use crate::server::status::{self as http_server, Config};
 use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -84,7 +84,7 @@ fn http_config(v: Value) -> mlua::Result<Config> {
         c.trusted_hosts = TrustedHosts::new(nets);
     }
     c.timeout = p.duration("timeout", c.timeout)?;
-    c.auth_cache = crate::lua_api::auth_cache_param(&mut p)?;
+    c.auth_cache = crate::lua::params::auth_cache_param(&mut p)?;
     if c.timeout.is_zero() {
         return Err(p.key_err("timeout", "must be greater than zero"));
     }
@@ -113,7 +113,7 @@ fn http_config(v: Value) -> mlua::Result<Config> {
         let params = TlsParams {
             certificate,
             private_key,
-            hostname: hostname.unwrap_or_else(crate::tls::system_hostname),
+            hostname: hostname.unwrap_or_else(crate::host::tls::system_hostname),
             client_ca: None,
             client_auth: ClientAuth::Required,
         };
@@ -124,7 +124,7 @@ fn http_config(v: Value) -> mlua::Result<Config> {
 }
 
 fn start_http_listener(lua: &Lua, params: Value) -> mlua::Result<LuaHttpListener> {
-    crate::lua_api::refuse_in_nginx_master(lua, "start_http_listener")?;
+    crate::lua::params::refuse_in_nginx_master(lua, "start_http_listener")?;
     let config = http_config(params)?;
     let listen = config.listen;
     let shared = http_server::start(runtime::current(), config).map_err(|e| {

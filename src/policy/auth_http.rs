@@ -6,9 +6,9 @@
 //! (never followed), timeouts, connection errors, unparsable bodies. The reason
 //! goes back to the caller, which logs it once; the password is never in it.
 
-use crate::auth::{AuthInfo, ConnMeta, Denial};
-use crate::permissions::Permissions;
-use crate::tls::PemSource;
+use crate::host::tls::PemSource;
+use crate::policy::identity::{AuthInfo, ConnMeta, Denial};
+use crate::policy::permissions::Permissions;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{Client, Url};
 use std::sync::Arc;
@@ -97,7 +97,7 @@ impl AuthHttp {
         match &tls_ca {
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             Some(src) => {
-                for c in crate::tls::load_certs(src, "tls_ca").map_err(|e| {
+                for c in crate::host::tls::load_certs(src, "tls_ca").map_err(|e| {
                     bad(
                         "tls_ca",
                         e.strip_prefix("tls_ca: ").unwrap_or(&e).to_string(),

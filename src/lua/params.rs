@@ -4,6 +4,7 @@
 //! read, and `finish()` rejects any key nobody asked for. Every error names the key
 //! (with its context, e.g. `start_proxy_listener: tcp_keepalive.time`).
 
+use crate::host::tls::PemSource;
 use ipnet::IpNet;
 use mlua::{Lua, Table, Value};
 use std::collections::HashSet;
@@ -273,4 +274,70 @@ pub fn optional_duration(_lua: &Lua, v: &Value, what: &str) -> mlua::Result<Opti
     parse_duration(v)
         .map(Some)
         .map_err(|e| err(format!("{what}: {e}")))
+}
+
+/// `auth_cache = { ttl, negative_ttl, max_entries }`, shared by the proxy and
+/// status listeners.
+pub(crate) fn auth_cache_param(
+    p: &mut Params,
+) -> mlua::Result<Option<crate::policy::auth_cache::CacheConfig>> {
+    use crate::policy::auth_cache::CacheConfig;
+    let Some(mut a) = p.nested_dotted("auth_cache")? else {
+        return Ok(None);
+    };
+    let d = CacheConfig::default();
+    let cfg = CacheConfig {
+        ttl: a.duration("ttl", d.ttl)?,
+        negative_ttl: a.duration("negative_ttl", d.negative_ttl)?,
+        max_entries: a
+            .integer("max_entries", 1, 100_000_000)?
+            .map(|n| n as usize)
+            .unwrap_or(d.max_entries),
+    };
+    a.finish()?;
+    Ok(Some(cfg))
+}
+
+/// PEM material: a path, inline PEM text, `{ key_data = PEM }` or `{ key_file = path }`.
+pub(crate) fn pem_param(p: &mut Params, ctx: &str, key: &str) -> mlua::Result<Option<PemSource>> {
+    match p.raw(key)? {
+        Value::Nil => Ok(None),
+        Value::String(s) => Ok(Some(PemSource::from_str(&s.to_str()?))),
+        t @ Value::Table(_) => {
+            let mut ks = Params::new(&format!("{ctx}: {key}"), t)?;
+            let data = ks.string("key_data")?;
+            let file = ks.string("key_file")?;
+            let src = match (data, file) {
+                (Some(d), None) => PemSource::Inline(d),
+                (None, Some(f)) => PemSource::File(f.into()),
+                _ => return Err(ks.key_err("key_data", "give exactly one of key_data or key_file")),
+            };
+            ks.finish()?;
+            Ok(Some(src))
+        }
+        other => Err(p.key_err(
+            key,
+            format!(
+                "expected a path, PEM text, {{ key_data = ... }} or {{ key_file = ... }}, got {}",
+                other.type_name()
+            ),
+        )),
+    }
+}
+
+/// nginx runs `init_by_lua` in the master and then forks workers; runtime threads
+/// started in the master would not exist in them. Refuse clearly instead.
+pub(crate) fn refuse_in_nginx_master(lua: &Lua, what: &str) -> mlua::Result<()> {
+    let Ok(Value::Table(ngx)) = lua.globals().get::<Value>("ngx") else {
+        return Ok(());
+    };
+    let Ok(Value::Function(get_phase)) = ngx.get::<Value>("get_phase") else {
+        return Ok(());
+    };
+    if get_phase.call::<String>(()).ok().as_deref() == Some("init") {
+        return Err(err(format!(
+            "{what}: called in nginx's master process (init_by_lua); start listeners in init_worker_by_lua"
+        )));
+    }
+    Ok(())
 }

@@ -1,19 +1,16 @@
-//! The proxy listener: binds, accepts with back-off, hands each connection to a
-//! session task. The accept loop never dies on a per-connection error.
+//! What a listener is: its configuration, and the state its accept loop, its
+//! sessions and the Lua listener object share (counters, cancellation, auth
+//! state, the per-IP session counts).
 
-use crate::auth::TrustedHosts;
-use crate::net::Keepalive;
-use crate::pump::Pump;
-use crate::runtime::Process;
-use crate::stats::Stats;
-use socket2::{Domain, Protocol, Socket, Type};
+use crate::host::net::Keepalive;
+use crate::host::stats::Stats;
+use crate::policy::events::EventPump as Pump;
+use crate::policy::identity::TrustedHosts;
 use std::collections::HashMap;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// What a listener does with each accepted connection.
@@ -24,7 +21,7 @@ pub enum Service {
     /// `src:forward{}`: relay to `to` through an egress source.
     Forward {
         source: Arc<crate::egress::EgressSource>,
-        to: crate::socks5::TargetAddr,
+        to: crate::proto::socks5::TargetAddr,
     },
 }
 
@@ -46,17 +43,17 @@ pub struct Config {
     /// Upstream chaining: every CONNECT leaves through this egress source.
     pub egress: Option<Arc<crate::egress::EgressSource>>,
     /// `use_tls`: the whole SOCKS5 conversation runs inside TLS.
-    pub tls: Option<Arc<crate::tls::TlsServer>>,
+    pub tls: Option<Arc<crate::host::tls::TlsServer>>,
     /// With a verified client certificate, still ask for RFC 1929 credentials.
     pub require_password: bool,
     /// Credentials checked by an HTTP service instead of Lua.
-    pub auth_http: Option<Arc<crate::auth_http::AuthHttp>>,
-    pub auth_cache: Option<crate::auth_cache::CacheConfig>,
+    pub auth_http: Option<Arc<crate::policy::auth_http::AuthHttp>>,
+    pub auth_cache: Option<crate::policy::auth_cache::CacheConfig>,
     /// `None`: no delay after failed attempts.
-    pub auth_failure_delay: Option<crate::auth_cache::DelayConfig>,
+    pub auth_failure_delay: Option<crate::policy::auth_cache::DelayConfig>,
     /// Listener-level destination rules, applied to every session; includes the
     /// private-destination denials unless `allow_private_destinations`.
-    pub permissions: Arc<crate::permissions::Permissions>,
+    pub permissions: Arc<crate::policy::permissions::Permissions>,
     /// BIND / policy source addresses; `None` = whatever the host can bind.
     pub allowed_source_addresses: Option<Vec<ipnet::IpNet>>,
     /// Which protocols this port speaks; the client's first byte picks one.
@@ -119,8 +116,8 @@ impl Config {
             protocols: Protocols::default(),
             auth_http: None,
             auth_cache: None,
-            auth_failure_delay: Some(crate::auth_cache::DelayConfig::default()),
-            permissions: Arc::new(crate::permissions::Permissions::private_destinations()),
+            auth_failure_delay: Some(crate::policy::auth_cache::DelayConfig::default()),
+            permissions: Arc::new(crate::policy::permissions::Permissions::private_destinations()),
             allowed_source_addresses: None,
             sockopts_inherited: false,
             access_log: None,
@@ -146,7 +143,7 @@ pub struct Shared {
     pub abort: CancellationToken,
     pub accepting: Arc<AtomicBool>,
     /// Auth cache and failure delays (see `auth::check_credentials`).
-    pub auth: Arc<crate::auth::AuthState>,
+    pub auth: Arc<crate::policy::auth::AuthState>,
     /// Live sessions per client IP, kept only with `max_connections_per_ip`.
     per_ip: Arc<Mutex<HashMap<IpAddr, u64>>>,
     /// Sessions relaying now: `listener:sessions()`, `close_sessions()`.
@@ -156,13 +153,13 @@ pub struct Shared {
     latest: Mutex<Option<Arc<Shared>>>,
 }
 
-fn auth_state(config: &Config) -> Arc<crate::auth::AuthState> {
-    Arc::new(crate::auth::AuthState {
+fn auth_state(config: &Config) -> Arc<crate::policy::auth::AuthState> {
+    Arc::new(crate::policy::auth::AuthState {
         cache: config
             .auth_cache
             .clone()
-            .map(crate::auth_cache::AuthCache::new),
-        delay: crate::auth_cache::FailureDelay::new(config.auth_failure_delay.clone()),
+            .map(crate::policy::auth_cache::AuthCache::new),
+        delay: crate::policy::auth_cache::FailureDelay::new(config.auth_failure_delay.clone()),
     })
 }
 
@@ -223,8 +220,29 @@ impl Shared {
         self.closing.cancel();
     }
 
+    /// What the credential checks need of this listener.
+    pub fn auth_ctx(&self) -> crate::policy::auth::AuthContext<'_> {
+        crate::policy::auth::AuthContext {
+            state: &self.auth,
+            auth_http: self.config.auth_http.as_deref(),
+            timeout: self.config.timeout,
+            pump: &self.pump,
+        }
+    }
+
+    /// What the request policy needs of this listener.
+    pub fn request_ctx(&self) -> crate::policy::request::RequestContext<'_> {
+        crate::policy::request::RequestContext {
+            permissions: &self.config.permissions,
+            allowed_source_addresses: self.config.allowed_source_addresses.as_deref(),
+            egress: self.config.egress.as_ref(),
+            timeout: self.config.timeout,
+            pump: &self.pump,
+        }
+    }
+
     /// Takes a per-IP slot for a new session, or `None` when `ip` is at the limit.
-    fn claim_ip(self: &Arc<Self>, ip: IpAddr, max: u64) -> Option<IpSlot> {
+    pub(crate) fn claim_ip(self: &Arc<Self>, ip: IpAddr, max: u64) -> Option<IpSlot> {
         let ip = canonical_ip(ip);
         let mut map = self.per_ip.lock().unwrap();
         let n = map.entry(ip).or_insert(0);
@@ -241,7 +259,7 @@ impl Shared {
 
 /// One session's share of its client IP's count; released when the session ends
 /// (or its task is dropped), so the map holds only IPs with live sessions.
-struct IpSlot {
+pub(crate) struct IpSlot {
     shared: Arc<Shared>,
     ip: IpAddr,
 }
@@ -263,187 +281,6 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
-    }
-}
-
-pub fn start(process: &Process, mut config: Config) -> io::Result<Arc<Shared>> {
-    let (std_listener, inherited) = bind(&config)?;
-    config.sockopts_inherited = inherited;
-    let local_addr = std_listener.local_addr()?;
-    let rt = process.runtime();
-    let _enter = rt.enter();
-    let listener = TcpListener::from_std(std_listener)?;
-    let shared = Arc::new(Shared::new(config, local_addr, process.pump().clone()));
-    match &shared.config.service {
-        Service::Forward { source, to } => tracing::info!(
-            "forwarder on {local_addr} -> {to} through egress source '{}'",
-            source.name
-        ),
-        Service::Socks5 if shared.config.tls.is_some() => {
-            tracing::info!("proxy listener (TLS) on {local_addr}")
-        }
-        Service::Socks5 => tracing::info!("proxy listener on {local_addr}"),
-    }
-
-    rt.spawn(accept_loop(listener, shared.clone()));
-    process
-        .listeners
-        .lock()
-        .unwrap()
-        .push(Arc::downgrade(&shared));
-    Ok(shared)
-}
-
-/// Also reports whether accepted sockets will inherit our TCP options (see Config).
-fn bind(config: &Config) -> io::Result<(std::net::TcpListener, bool)> {
-    let addr = config.listen;
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    if config.reuse_port {
-        sock.set_reuse_port(true)?;
-    }
-    sock.set_nonblocking(true)?;
-    sock.set_cloexec(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(config.backlog)?;
-    // Linux copies TCP_NODELAY and the keepalive settings from a listening socket
-    // to the sockets it accepts: set them once here instead of on every accept.
-    let inherited = cfg!(target_os = "linux")
-        && crate::net::tune_socket(
-            socket2::SockRef::from(&sock),
-            &config.keepalive,
-            "listening socket",
-        );
-    Ok((sock.into(), inherited))
-}
-
-const BACKOFF_MIN: Duration = Duration::from_millis(5);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let addr = shared.local_addr;
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.closing.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = BACKOFF_MIN;
-                Stats::inc(&shared.stats.accepted);
-                // The settings of `reconfigure`, if any, from this session on.
-                let gen = shared.current();
-                if let Some(max) = gen.config.max_connections {
-                    if shared.stats.active.load(Ordering::Relaxed) >= max {
-                        Stats::inc(&shared.stats.rejected);
-                        tracing::warn!(
-                            "listener {addr}: refusing {peer}: max_connections ({max}) reached"
-                        );
-                        drop(stream);
-                        continue;
-                    }
-                }
-                let slot = match gen.config.max_connections_per_ip {
-                    None => None,
-                    Some(max) => match shared.claim_ip(peer.ip(), max) {
-                        Some(slot) => Some(slot),
-                        None => {
-                            Stats::inc(&shared.stats.rejected);
-                            tracing::warn!(
-                                "listener {addr}: refusing {peer}: max_connections_per_ip ({max}) reached"
-                            );
-                            drop(stream);
-                            continue;
-                        }
-                    },
-                };
-                shared.stats.active.fetch_add(1, Ordering::Relaxed);
-                let shared = gen;
-                // `slot` (per-IP count) is held by the task: released however it ends.
-                match &shared.config.service {
-                    Service::Socks5 => tokio::spawn(async move {
-                        let _slot = slot;
-                        crate::session::serve(stream, peer, shared).await
-                    }),
-                    Service::Forward { source, to } => {
-                        let (source, to) = (source.clone(), to.clone());
-                        tokio::spawn(async move {
-                            let _slot = slot;
-                            crate::egress::serve_forward(stream, peer, shared, source, to).await
-                        })
-                    }
-                };
-            }
-            Err(e) => {
-                Stats::inc(&shared.stats.accept_errors);
-                if is_resource_exhaustion(&e) {
-                    // Out of fds or memory: the pending connection stays in the backlog.
-                    // Retrying at once would spin; wait, doubling up to a second.
-                    if backoff == BACKOFF_MIN {
-                        tracing::warn!("listener {addr}: accept failed: {e}; backing off");
-                    }
-                    tokio::select! {
-                        _ = shared.closing.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                } else {
-                    // ECONNABORTED and friends concern one connection only.
-                    tracing::debug!("listener {addr}: accept error (skipped): {e}");
-                }
-            }
-        }
-    }
-    shared.accepting.store(false, Ordering::Release);
-    tracing::info!("proxy listener on {addr} closed");
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-    use socket2::SockRef;
-
-    /// Sessions skip TCP_NODELAY/keepalive on accepted sockets because the kernel
-    /// copies them from the listener: check that it really does.
-    #[test]
-    fn accepted_sockets_inherit_nodelay_and_keepalive() {
-        let mut config = Config::new("127.0.0.1:0".parse().unwrap());
-        config.keepalive.time = Duration::from_secs(77);
-        config.keepalive.interval = Duration::from_secs(7);
-        config.keepalive.retries = 3;
-        let (listener, inherited) = bind(&config).unwrap();
-        assert!(inherited);
-        listener.set_nonblocking(false).unwrap();
-        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        let s = SockRef::from(&accepted);
-        assert!(s.tcp_nodelay().unwrap());
-        assert!(s.keepalive().unwrap());
-        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(77));
-        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
-        assert_eq!(s.tcp_keepalive_retries().unwrap(), 3);
-    }
-
-    #[test]
-    fn keepalive_disabled_is_inherited_too() {
-        let mut config = Config::new("127.0.0.1:0".parse().unwrap());
-        config.keepalive.enabled = false;
-        let (listener, inherited) = bind(&config).unwrap();
-        assert!(inherited);
-        listener.set_nonblocking(false).unwrap();
-        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        let s = SockRef::from(&accepted);
-        assert!(s.tcp_nodelay().unwrap());
-        assert!(!s.keepalive().unwrap());
     }
 }
 

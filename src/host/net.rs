@@ -96,10 +96,10 @@ pub async fn within_else<T, E>(
 /// Resolves a destination, keeping only addresses of `source`'s family when a source
 /// address is set. Errors carry the RFC 1928 reply code for the client.
 pub async fn resolve(
-    target: &crate::socks5::TargetAddr,
+    target: &crate::proto::socks5::TargetAddr,
     source: Option<std::net::IpAddr>,
 ) -> Result<Vec<SocketAddr>, (u8, String)> {
-    use crate::socks5::{reply, TargetAddr};
+    use crate::proto::socks5::{reply, TargetAddr};
     let mut addrs: Vec<SocketAddr> = match target {
         TargetAddr::Ip(a) => vec![*a],
         TargetAddr::Domain(host, port) => tokio::net::lookup_host((host.as_str(), *port))

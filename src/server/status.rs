@@ -10,13 +10,14 @@
 //! `Authorization: Basic` goes to `http_server_validate_auth_basic` (true = in,
 //! false = 401, anything else = 500); without it only trusted hosts get in.
 
-use crate::auth::{ConnMeta, TrustedHosts};
-use crate::http_connect::{parse_credentials, validate_basic, Credentials, REALM};
-use crate::net::{within, LocalAddr, PeerAddr};
-use crate::pump::Pump;
-use crate::runtime::Process;
-use crate::stream::ClientStream;
-use crate::tls::TlsServer;
+use crate::host::net::{within, LocalAddr, PeerAddr};
+use crate::host::runtime::Process;
+use crate::host::stream::ClientStream;
+use crate::host::tls::TlsServer;
+use crate::policy::auth::validate_basic;
+use crate::policy::events::EventPump as Pump;
+use crate::policy::identity::{ConnMeta, TrustedHosts};
+use crate::proto::http::{parse_credentials, Credentials, REALM};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -41,7 +42,7 @@ pub struct Config {
     /// TLS handshake, reading a request head, and waiting for a Lua decision.
     pub timeout: Duration,
     /// Caches Basic credential decisions (see the proxy listener's `auth_cache`).
-    pub auth_cache: Option<crate::auth_cache::CacheConfig>,
+    pub auth_cache: Option<crate::policy::auth_cache::CacheConfig>,
 }
 
 impl Config {
@@ -65,7 +66,7 @@ pub struct Shared {
     pub requests: AtomicU64,
     /// 401s and 400s for bad credentials.
     pub auth_failures: AtomicU64,
-    cache: Option<crate::auth_cache::AuthCache>,
+    cache: Option<crate::policy::auth_cache::AuthCache>,
 }
 
 impl Shared {
@@ -74,7 +75,7 @@ impl Shared {
     }
 }
 
-pub fn start(process: &'static Process, config: Config) -> io::Result<Arc<Shared>> {
+pub fn start(process: &Process, config: Config) -> io::Result<Arc<Shared>> {
     // std sets SO_REUSEADDR and CLOEXEC on Unix.
     let std_listener = std::net::TcpListener::bind(config.listen)?;
     std_listener.set_nonblocking(true)?;
@@ -84,7 +85,7 @@ pub fn start(process: &'static Process, config: Config) -> io::Result<Arc<Shared
     let listener = TcpListener::from_std(std_listener)?;
     let shared = Arc::new(Shared {
         local_addr,
-        pump: process.pump().clone(),
+        pump: crate::policy::events::pump().clone(),
         closing: CancellationToken::new(),
         accepting: AtomicBool::new(true),
         requests: AtomicU64::new(0),
@@ -92,7 +93,7 @@ pub fn start(process: &'static Process, config: Config) -> io::Result<Arc<Shared
         cache: config
             .auth_cache
             .clone()
-            .map(crate::auth_cache::AuthCache::new),
+            .map(crate::policy::auth_cache::AuthCache::new),
         config,
     });
     tracing::info!(
@@ -103,16 +104,29 @@ pub fn start(process: &'static Process, config: Config) -> io::Result<Arc<Shared
             ""
         }
     );
-    rt.spawn(accept_loop(listener, shared.clone(), process));
-    process
-        .http_listeners
-        .lock()
-        .unwrap()
-        .push(Arc::downgrade(&shared));
+    rt.spawn(accept_loop(listener, shared.clone()));
+    registry().lock().unwrap().push(Arc::downgrade(&shared));
     Ok(shared)
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, process: &'static Process) {
+type Registry = std::sync::Mutex<Vec<std::sync::Weak<Shared>>>;
+
+/// Status listeners started in this process, closed by `run()`'s shutdown.
+static LISTENERS: crate::host::runtime::PerProcess<Registry> =
+    crate::host::runtime::PerProcess::new();
+
+fn registry() -> &'static Registry {
+    LISTENERS.get_or_init(Default::default)
+}
+
+/// This process's status listeners that are still referenced.
+pub fn live() -> Vec<Arc<Shared>> {
+    let mut l = registry().lock().unwrap();
+    l.retain(|w| w.strong_count() > 0);
+    l.iter().filter_map(|w| w.upgrade()).collect()
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let addr = shared.local_addr;
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -123,7 +137,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, process: &'stat
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                tokio::spawn(serve(stream, peer, shared.clone(), process));
+                tokio::spawn(serve(stream, peer, shared.clone()));
             }
             Err(e) => {
                 // Out of fds and the like: the connection stays queued; don't spin.
@@ -140,12 +154,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, process: &'stat
     tracing::info!("status listener on {addr} closed");
 }
 
-async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    process: &'static Process,
-) {
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let local = stream.local_addr().unwrap_or(shared.local_addr);
     let _ = stream.set_nodelay(true);
     let t = shared.config.timeout;
@@ -174,9 +183,7 @@ async fn serve(
         http_auth: None,
     });
     let svc_shared = shared.clone();
-    let svc = hyper::service::service_fn(move |req| {
-        respond(req, meta.clone(), svc_shared.clone(), process)
-    });
+    let svc = hyper::service::service_fn(move |req| respond(req, meta.clone(), svc_shared.clone()));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(t)
@@ -250,7 +257,10 @@ async fn authorize(
                     // Decisions are cached; handler errors (500) are not.
                     if let (Some(c), Some(Ok(ok))) = (&shared.cache, &v) {
                         let entry = if *ok {
-                            Ok(crate::auth::AuthInfo::single(name.clone(), "HttpAuthBasic"))
+                            Ok(crate::policy::identity::AuthInfo::single(
+                                name.clone(),
+                                "HttpAuthBasic",
+                            ))
                         } else {
                             Err("rejected by handler".to_string())
                         };
@@ -274,7 +284,7 @@ async fn authorize(
                 None => {
                     why_not = format!(
                         "user '{name}': no {} handler is registered",
-                        crate::pump::EVENT_HTTP_AUTH_BASIC
+                        crate::policy::events::EVENT_HTTP_AUTH_BASIC
                     )
                 }
             }
@@ -291,7 +301,6 @@ async fn respond(
     req: Request<Incoming>,
     meta: Arc<ConnMeta>,
     shared: Arc<Shared>,
-    process: &'static Process,
 ) -> Result<Resp, Infallible> {
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let who = match authorize(req.headers().get(AUTHORIZATION), &meta, &shared).await {
@@ -319,16 +328,16 @@ async fn respond(
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Ok(r);
     }
-    let listeners = process.live_listeners();
+    let listeners = crate::server::listener::live();
     Ok(match path {
         "/metrics" => {
             let mut r = text(
                 StatusCode::OK,
-                crate::metrics::render(listeners, &shared.pump),
+                crate::server::metrics::render(listeners, &shared.pump),
             );
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                HeaderValue::from_static(crate::server::metrics::CONTENT_TYPE),
             );
             r
         }
@@ -353,10 +362,7 @@ async fn respond(
                 }),
             )
         }
-        "/proxy/sessions" => json(
-            StatusCode::OK,
-            &crate::server::sessions::all_json(&listeners),
-        ),
+        "/proxy/sessions" => json(StatusCode::OK, &sessions_json(&listeners)),
         _ => {
             let list: Vec<serde_json::Value> = listeners
                 .iter()
@@ -369,8 +375,10 @@ async fn respond(
                         .collect();
                     // Egress forwarders share the accept loop; they speak no protocol.
                     let (kind, protocols) = match &l.config.service {
-                        crate::listener::Service::Socks5 => ("proxy", l.config.protocols.names()),
-                        crate::listener::Service::Forward { .. } => ("forward", Vec::new()),
+                        crate::server::listener::Service::Socks5 => {
+                            ("proxy", l.config.protocols.names())
+                        }
+                        crate::server::listener::Service::Forward { .. } => ("forward", Vec::new()),
                     };
                     serde_json::json!({
                         "address": l.local_addr.to_string(),
@@ -385,4 +393,26 @@ async fn respond(
             json(StatusCode::OK, &serde_json::Value::Array(list))
         }
     })
+}
+
+/// `GET /proxy/sessions`: every listener's live sessions as JSON.
+fn sessions_json(listeners: &[Arc<crate::server::config::Shared>]) -> serde_json::Value {
+    let mut out = Vec::new();
+    for l in listeners {
+        for s in l.sessions.list(&Default::default()) {
+            out.push(serde_json::json!({
+                "listener": l.local_addr.to_string(),
+                "id": s.id,
+                "peer": s.info.peer.to_string(),
+                "protocol": s.info.protocol,
+                "identity": s.identity(),
+                "groups": s.info.groups,
+                "destination": s.info.destination,
+                "started": humantime::format_rfc3339_millis(s.info.started).to_string(),
+                "bytes_up": s.bytes.up.load(std::sync::atomic::Ordering::Relaxed),
+                "bytes_down": s.bytes.down.load(std::sync::atomic::Ordering::Relaxed),
+            }));
+        }
+    }
+    serde_json::Value::Array(out)
 }

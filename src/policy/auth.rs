@@ -1,80 +1,21 @@
-//! Who a client is: AuthInfo (identities, groups, permissions), connection
-//! metadata and trusted hosts, and the credential check every front-end shares:
-//! [`check_credentials`] (failure delay, cache, then `auth_http` or Lua).
+//! The credential check every front-end shares: [`check_credentials`]
+//! (failure delay, cache, then `auth_http` or the protocol's Lua event).
 
-use crate::auth_cache::{AuthCache, FailureDelay};
-use crate::listener::Shared;
-use crate::net::{LocalAddr, PeerAddr};
-use crate::permissions::Permissions;
-use crate::pump::{Event, EVENT_AUTH_RFC1929};
-use ipnet::IpNet;
+use crate::policy::auth_cache::{AuthCache, FailureDelay};
+use crate::policy::events::{BasicVerdict, Event, EVENT_AUTH_RFC1929, EVENT_HTTP_AUTH_BASIC};
+use crate::policy::identity::{AuthInfo, ConnMeta, Denial, CONTEXT_RFC1929};
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Where an identity came from, as KumoMTA names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub identity: String,
-    pub context: String,
-}
-
-/// The authenticated principal of a session. Kept with the session for policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuthInfo {
-    pub identities: Vec<Identity>,
-    pub groups: Vec<String>,
-    /// The user's own destination rules, checked after the listener's.
-    pub permissions: Option<Arc<Permissions>>,
-}
-
-pub const CONTEXT_RFC1929: &str = "ProxyAuthRfc1929";
-pub const CONTEXT_TRUSTED_HOST: &str = "TrustedHost";
-pub const CONTEXT_TLS_CLIENT: &str = "TlsClientCertificate";
-
-impl AuthInfo {
-    pub fn single(identity: impl Into<String>, context: &str) -> Self {
-        AuthInfo {
-            identities: vec![Identity {
-                identity: identity.into(),
-                context: context.to_string(),
-            }],
-            groups: Vec::new(),
-            permissions: None,
-        }
-    }
-
-    /// A short description for logs: the first identity.
-    pub fn summary(&self) -> String {
-        match self.identities.first() {
-            Some(i) => format!("{} ({})", i.identity, i.context),
-            None => "anonymous".to_string(),
-        }
-    }
-}
-
-/// Why credentials were refused. `cacheable`: a decision (a handler's `false`,
-/// an HTTP 4xx) rather than a failure to decide (timeout, service down, 5xx),
-/// which must not be remembered by the auth cache.
-#[derive(Debug, Clone)]
-pub struct Denial {
-    pub reason: String,
-    pub cacheable: bool,
-}
-
-impl Denial {
-    pub fn decided(reason: impl Into<String>) -> Self {
-        Denial {
-            reason: reason.into(),
-            cacheable: true,
-        }
-    }
-    pub fn failed(reason: impl Into<String>) -> Self {
-        Denial {
-            reason: reason.into(),
-            cacheable: false,
-        }
-    }
+/// What a credential check needs of the listener it runs for.
+pub struct AuthContext<'a> {
+    pub state: &'a AuthState,
+    /// Credentials checked by an HTTP service instead of Lua.
+    pub auth_http: Option<&'a crate::policy::auth_http::AuthHttp>,
+    /// Bounds the failure delay and the wait for a decision.
+    pub timeout: std::time::Duration,
+    pub pump: &'a crate::policy::events::EventPump,
 }
 
 /// Per-listener authentication state, shared by every front-end (SOCKS5, HTTP).
@@ -93,7 +34,7 @@ pub async fn check_credentials<F, Fut>(
     username: &[u8],
     password: &[u8],
     meta: &Arc<ConnMeta>,
-    shared: &Shared,
+    ctx: &AuthContext<'_>,
     context: &'static str,
     ask_lua: F,
 ) -> Result<AuthInfo, String>
@@ -101,16 +42,16 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<AuthInfo, Denial>>,
 {
-    let state = &shared.auth;
+    let state = ctx.state;
     let ip = meta.peer.0.ip();
-    state.delay.wait(ip, shared.config.timeout).await;
+    state.delay.wait(ip, ctx.timeout).await;
     if let Some(hit) = state.cache.as_ref().and_then(|c| c.get(username, password)) {
         if hit.is_err() {
             state.delay.record_failure(ip);
         }
         return hit.map_err(|why| format!("{why} (cached)"));
     }
-    let verdict = match &shared.config.auth_http {
+    let verdict = match ctx.auth_http {
         Some(http) => http.check(username, password, meta, context).await,
         None => ask_lua().await,
     };
@@ -137,11 +78,11 @@ pub async fn check_rfc1929(
     username: Vec<u8>,
     password: Vec<u8>,
     meta: &Arc<ConnMeta>,
-    shared: &Shared,
+    ctx: &AuthContext<'_>,
 ) -> Result<AuthInfo, String> {
     let (u, p) = (username.clone(), password.clone());
-    check_credentials(&u, &p, meta, shared, CONTEXT_RFC1929, || {
-        ask_rfc1929(username, password, meta, shared)
+    check_credentials(&u, &p, meta, ctx, CONTEXT_RFC1929, || {
+        ask_rfc1929(username, password, meta, ctx)
     })
     .await
 }
@@ -150,79 +91,87 @@ async fn ask_rfc1929(
     username: Vec<u8>,
     password: Vec<u8>,
     meta: &Arc<ConnMeta>,
-    shared: &Shared,
+    ctx: &AuthContext<'_>,
 ) -> Result<AuthInfo, Denial> {
-    if !crate::pump::registered(EVENT_AUTH_RFC1929) {
+    if !crate::policy::events::registered(EVENT_AUTH_RFC1929) {
         return Err(Denial::failed(format!(
             "no {EVENT_AUTH_RFC1929} handler is registered"
         )));
     }
-    let ask = shared.pump.ask(|reply| Event::AuthRfc1929 {
+    let ask = ctx.pump.ask(|reply| Event::AuthRfc1929 {
         username,
         password,
         meta: meta.clone(),
         reply,
     });
-    match tokio::time::timeout(shared.config.timeout, ask).await {
+    match tokio::time::timeout(ctx.timeout, ask).await {
         // The handler answered: a decision, even when it raised (fail closed).
         Ok(Ok(verdict)) => verdict.map_err(Denial::decided),
         Ok(Err(e)) => Err(Denial::failed(e.to_string())),
         Err(_) => Err(Denial::failed(format!(
             "no decision from the {EVENT_AUTH_RFC1929} handler within {:?} (is the host pumping events?)",
-            shared.config.timeout
+            ctx.timeout
         ))),
     }
 }
 
-/// What a Lua handler sees as `conn_meta`.
-#[derive(Debug, Clone)]
-pub struct ConnMeta {
-    pub peer: PeerAddr,
-    pub local: LocalAddr,
-    /// Set when the client presented a certificate that verified against `tls_client_ca`.
-    pub tls_client: Option<crate::tls::ClientIdentity>,
-    /// HTTP front-ends: who the request authenticated as (Basic user, or the
-    /// peer address of a trusted host); `conn_meta.http_auth` in Lua.
-    pub http_auth: Option<String>,
-}
-
-/// Peers allowed to proceed without credentials. Default: loopback only, so a
-/// listener opened on 0.0.0.0 is not an open relay by accident.
-#[derive(Debug, Clone)]
-pub struct TrustedHosts(Vec<IpNet>);
-
-impl Default for TrustedHosts {
-    fn default() -> Self {
-        TrustedHosts(vec![
-            "127.0.0.0/8".parse().unwrap(),
-            "::1/128".parse().unwrap(),
-        ])
+/// Asks `http_server_validate_auth_basic(user, password, conn_meta)`, bounded by
+/// `timeout`. `None` when no handler is registered (the caller decides).
+pub async fn validate_basic(
+    pump: &crate::policy::events::EventPump,
+    user: Vec<u8>,
+    password: Option<Vec<u8>>,
+    meta: &Arc<ConnMeta>,
+    timeout: Duration,
+) -> Option<BasicVerdict> {
+    if !crate::policy::events::registered(EVENT_HTTP_AUTH_BASIC) {
+        return None;
     }
-}
-
-impl TrustedHosts {
-    pub fn new(nets: Vec<IpNet>) -> Self {
-        TrustedHosts(nets)
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        self.0.iter().any(|n| n.contains(&ip))
-    }
+    let ask = pump.ask(|reply| Event::HttpAuthBasic {
+        user,
+        password,
+        meta: meta.clone(),
+        reply,
+    });
+    Some(match tokio::time::timeout(timeout, ask).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no decision from the {EVENT_HTTP_AUTH_BASIC} handler within {timeout:?} (is the host pumping events?)"
+        )),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::net::{LocalAddr, PeerAddr};
+    use crate::policy::identity::TrustedHosts;
 
-    fn shared() -> Shared {
-        let pump = Arc::new(crate::pump::Pump::new().unwrap());
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], 1080).into();
-        Shared::new(crate::listener::Config::new(addr), addr, pump)
+    struct Listener {
+        state: AuthState,
+        pump: crate::policy::events::EventPump,
+    }
+
+    impl Listener {
+        fn ctx(&self) -> AuthContext<'_> {
+            AuthContext {
+                state: &self.state,
+                auth_http: None,
+                timeout: std::time::Duration::from_secs(60),
+                pump: &self.pump,
+            }
+        }
+    }
+
+    fn shared() -> Listener {
+        Listener {
+            state: AuthState {
+                cache: None,
+                delay: FailureDelay::new(Some(Default::default())),
+            },
+            pump: crate::host::pump::Pump::new().unwrap(),
+        }
     }
 
     fn meta(ip: [u8; 4]) -> Arc<ConnMeta> {
@@ -242,23 +191,25 @@ mod tests {
             let m = m.clone();
             let shared = &shared;
             async move {
-                check_credentials(b"u", b"p", &m, shared, CONTEXT_RFC1929, || async { Err(d) })
-                    .await
+                check_credentials(b"u", b"p", &m, &shared.ctx(), CONTEXT_RFC1929, || async {
+                    Err(d)
+                })
+                .await
             }
         };
         assert!(check(&guesser, Denial::decided("rejected by handler"))
             .await
             .is_err());
-        let queue_full = crate::pump::AskError::Overloaded(4).to_string();
+        let queue_full = crate::host::pump::AskError::Overloaded(4).to_string();
         assert!(check(&overloaded, Denial::failed(queue_full))
             .await
             .is_err());
         assert!(check(&overloaded, Denial::failed("no decision in time"))
             .await
             .is_err());
-        assert!(!shared.auth.delay.delay_for(guesser.peer.0.ip()).is_zero());
+        assert!(!shared.state.delay.delay_for(guesser.peer.0.ip()).is_zero());
         assert!(shared
-            .auth
+            .state
             .delay
             .delay_for(overloaded.peer.0.ip())
             .is_zero());
