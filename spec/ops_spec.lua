@@ -289,6 +289,41 @@ describe('access log', function()
     l:close()
   end)
 
+  it('is complete when run() returns, with the sessions cut at shutdown', function()
+    local users = dir .. '/users'
+    local f = assert(io.open(users, 'w'))
+    f:write('alice secret\n')
+    f:close()
+    local path = dir .. '/access.jsonl'
+    local P = start_proxy(dir, { OPS_USERS = users, OPS_ACCESS_LOG = path, OPS_GRACE = '0' })
+    f = assert(io.open(dir .. '/hold.py', 'w'))
+    f:write([[
+import sys
+sys.path.insert(0, "spec/support")
+import socks
+s = socks.open_proxy(sys.argv[1], timeout=30)
+socks.greet(s, "alice", "secret")
+socks.request(s, socks.CMD_CONNECT, "127.0.0.1", int(sys.argv[2]))
+s.sendall(b"x")
+assert s.recv(1) == b"x"
+print("relaying", flush=True)
+print("closed" if s.recv(1) == b"" else "data", flush=True)
+]])
+    f:close()
+    local hold = io.popen(('python3 %s/hold.py %s %d 2>&1'):format(dir, P.addr, origin.echo))
+    assert.are.equal('relaying', hold:read('*l'))
+    P.stop()
+    assert.are.equal('closed', hold:read('*l'))
+    hold:close()
+    -- Read as soon as run() returned: nothing left for the writer to do.
+    local lines = json_lines { path }
+    assert.are.equal(1, #lines)
+    assert.are.equal('cut', lines[1].outcome)
+    assert.are.equal('alice', lines[1].identity)
+    assert.are.equal(1, lines[1].bytes_up)
+    assert.matches('grace period', lines[1].reason)
+  end)
+
   it('logrotate + SIGUSR1 under load: no line lost or duplicated', function()
     local users = dir .. '/users'
     local f = assert(io.open(users, 'w'))

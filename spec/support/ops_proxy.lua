@@ -4,6 +4,7 @@
 --   OPS_USERS       file of "user password" lines; "* password" accepts any user
 --   OPS_ACCESS_LOG  access log path (optional)
 --   OPS_OUT         file this script appends its READY/RELOADED/STOPPED lines to
+--   OPS_GRACE       run()'s grace period (default 5 seconds)
 local kp = require 'kumoproxy'
 
 local function say(line)
@@ -58,6 +59,6 @@ local f = assert(io.open('/proc/self/stat'))
 local pid = f:read('*l'):match('^(%d+)')
 f:close()
 say(('READY %s %s'):format(l:local_addr(), pid))
-kp.run { grace = '5 seconds' }
+kp.run { grace = os.getenv('OPS_GRACE') or '5 seconds' }
 local s = l:stats()
 say(('STOPPED completed=%d failed=%d'):format(s.completed, s.failed))

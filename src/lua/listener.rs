@@ -117,8 +117,9 @@ impl UserData for LuaListener {
                 .map(|c| c.flush())
                 .unwrap_or(0))
         });
-        methods.add_method("close", |_, this, ()| {
+        methods.add_method("close", |lua, this, ()| {
             this.check_pid()?.close();
+            crate::lua::ops::forget_params(lua, &this.shared)?;
             Ok(())
         });
         methods.add_meta_method("__tostring", |_, this, ()| {

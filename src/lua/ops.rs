@@ -184,6 +184,11 @@ pub fn remember_params(lua: &Lua, shared: &Arc<Shared>, params: &Value) -> mlua:
     params_registry(lua)?.raw_set(listener_key(shared), copy)
 }
 
+/// A closed listener will not be reconfigured: drop its parameters.
+pub fn forget_params(lua: &Lua, shared: &Arc<Shared>) -> mlua::Result<()> {
+    params_registry(lua)?.raw_set(listener_key(shared), Value::Nil)
+}
+
 /// What `reconfigure` changes; each is a setting of new sessions only.
 const RECONFIGURABLE: &[&str] = &[
     "timeout",
@@ -293,7 +298,7 @@ pub fn reconfigure(lua: &Lua, shared: &Arc<Shared>, update: Value) -> mlua::Resu
     let registry = params_registry(lua)?;
     let Value::Table(base) = registry.raw_get::<Value>(listener_key(shared))? else {
         return Err(err(format!(
-            "{CTX}: only listeners made by start_proxy_listener in this Lua state can be reconfigured"
+            "{CTX}: only open listeners made by start_proxy_listener in this Lua state can be reconfigured"
         )));
     };
     let merged = lua.create_table()?;

@@ -125,6 +125,24 @@ fn shutdown(lua: &Lua, _process: &Process, grace: Duration, why: &str) -> mlua::
     for l in &listeners {
         l.abort.cancel();
     }
+    // Every session writes its access log line as it ends, cut ones too: when
+    // there is an access log, let them end (briefly) and the writers catch up,
+    // so that the log is complete once run() returns and the host exits.
+    let logs = crate::host::access_log::sinks().live();
+    if !logs.is_empty() {
+        let until = Instant::now() + Duration::from_secs(1);
+        while active() > 0 && Instant::now() < until {
+            pump.wait(Some(Duration::from_millis(5)));
+        }
+        for s in &logs {
+            if !s.sync(Duration::from_secs(2)) {
+                tracing::warn!(
+                    "access log {}: not all lines written at exit",
+                    s.destination
+                );
+            }
+        }
+    }
     Ok(())
 }
 

@@ -157,7 +157,13 @@ pub fn finish_early(shared: &Shared, peer: SocketAddr, start: SystemTime, reason
     if shared.config.access_log.is_none() && !event {
         return;
     }
-    let mut r = Record::new(start, shared.local_addr, "socks5", peer);
+    // Before the first byte nobody knows; name what the listener speaks first.
+    let protocol = if shared.config.protocols.socks5 {
+        "socks5"
+    } else {
+        "http"
+    };
+    let mut r = Record::new(start, shared.local_addr, protocol, peer);
     r.end = SystemTime::now();
     r.reason = Some(reason);
     emit(shared, r, event);
