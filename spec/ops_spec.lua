@@ -268,6 +268,25 @@ describe('access log', function()
     l:close()
   end)
 
+  it('logs connections refused by max_connections as denied', function()
+    local path = dir .. '/access.jsonl'
+    local l = H.listener { allow_private_destinations = true, max_connections = 1, access_log = { path = path } }
+    local held = assert(H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo))
+    local c, err = H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo)
+    assert.is_nil(c, 'second session refused')
+    H.eventually(function() return count_lines { path } == 1 end, 10, 'the refusal logged')
+    local v = json_lines { path }[1]
+    assert.are.equal('denied', v.outcome)
+    assert.are.equal('max_connections (1) reached', v.reason)
+    assert.is_nil(v.command)
+    held:close()
+    H.quiesce()
+    H.eventually(function() return count_lines { path } == 2 end, 10, 'the held session logged')
+    assert.are.equal('ok', json_lines { path }[2].outcome)
+    assert.is_not_nil(err)
+    l:close()
+  end)
+
   it('reopen_logs() moves new lines to a new file, none lost', function()
     local path = dir .. '/access.jsonl'
     local l = H.listener { allow_private_destinations = true, access_log = { path = path } }

@@ -151,8 +151,23 @@ pub fn finish(shared: &Shared, peer: SocketAddr, trace: &Trace, result: &Result<
     emit(shared, r, event);
 }
 
+/// A connection refused at accept (`max_connections`, `max_connections_per_ip`).
+pub fn rejected(shared: &Shared, peer: SocketAddr, reason: String) {
+    finish_as(shared, peer, SystemTime::now(), Outcome::Denied, reason)
+}
+
 /// A session that ended before it had a trace (TLS handshake failure).
 pub fn finish_early(shared: &Shared, peer: SocketAddr, start: SystemTime, reason: String) {
+    finish_as(shared, peer, start, Outcome::Failed, reason)
+}
+
+fn finish_as(
+    shared: &Shared,
+    peer: SocketAddr,
+    start: SystemTime,
+    outcome: Outcome,
+    reason: String,
+) {
     let event = crate::policy::events::registered(crate::policy::events::EVENT_SESSION_END);
     if shared.config.access_log.is_none() && !event {
         return;
@@ -165,6 +180,7 @@ pub fn finish_early(shared: &Shared, peer: SocketAddr, start: SystemTime, reason
     };
     let mut r = Record::new(start, shared.local_addr, protocol, peer);
     r.end = SystemTime::now();
+    r.outcome = outcome;
     r.reason = Some(reason);
     emit(shared, r, event);
 }

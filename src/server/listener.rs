@@ -121,6 +121,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         tracing::warn!(
                             "listener {addr}: refusing {peer}: max_connections ({max}) reached"
                         );
+                        let why = format!("max_connections ({max}) reached");
+                        crate::server::accounting::rejected(&gen, peer, why);
                         drop(stream);
                         continue;
                     }
@@ -134,6 +136,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                             tracing::warn!(
                                 "listener {addr}: refusing {peer}: max_connections_per_ip ({max}) reached"
                             );
+                            let why = format!("max_connections_per_ip ({max}) reached");
+                            crate::server::accounting::rejected(&gen, peer, why);
                             drop(stream);
                             continue;
                         }
