@@ -4,8 +4,9 @@
 //! a full queue drops the record and counts it, so a slow disk never delays a
 //! relay. One writer thread per destination (a path, or `-` for stderr) turns
 //! records into JSON lines, batches whatever is queued, and writes each batch
-//! with one `write_all` as soon as the queue runs dry: lines are on disk promptly
-//! when idle, and in large batches under load.
+//! with one `write_all` as soon as the queue runs dry, then rests 10 ms: the
+//! first line after a quiet spell is on disk at once, and under load lines go
+//! in large batches (few wake-ups, few writes).
 //!
 //! A thread, not a runtime task: file (and stderr) writes block, and a blocked
 //! writer must not take a tokio worker with it.
@@ -31,6 +32,10 @@ use std::time::{Duration, SystemTime};
 pub const DEFAULT_QUEUE: usize = 16 * 1024;
 /// A batch is written once it reaches this size even if more records are queued.
 const BATCH_BYTES: usize = 256 * 1024;
+/// After writing a batch the writer rests this long, so that under load records
+/// gather into large batches instead of waking it (and costing a write) each.
+/// The first record after a quiet spell is still written at once.
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -140,15 +145,15 @@ impl Record {
         // Microsecond precision is plenty, and keeps the lines short.
         let _ = write!(out, "{:.6}", duration);
         key(out, "listener", false);
-        display(out, Some(&self.listener));
+        addr(out, Some(&self.listener));
         key(out, "protocol", false);
         string(out, Some(self.protocol));
         key(out, "command", false);
         string(out, self.command);
         key(out, "peer", false);
-        display(out, Some(&self.peer));
+        addr(out, Some(&self.peer));
         key(out, "proxy_peer", false);
-        display(out, self.proxy_peer.as_ref());
+        addr(out, self.proxy_peer.as_ref());
         key(out, "identity", false);
         string(out, self.identity.as_deref());
         key(out, "context", false);
@@ -167,9 +172,9 @@ impl Record {
         key(out, "destination", false);
         string(out, self.destination.as_deref());
         key(out, "connected", false);
-        display(out, self.connected.as_ref());
+        addr(out, self.connected.as_ref());
         key(out, "source", false);
-        display(out, self.source.as_ref());
+        addr(out, self.source.as_ref());
         key(out, "egress", false);
         string(out, self.egress.as_deref());
         key(out, "bytes_up", false);
@@ -201,9 +206,12 @@ fn string(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-fn display<T: std::fmt::Display>(out: &mut Vec<u8>, v: Option<&T>) {
+/// Socket addresses need no escaping: digits, dots, colons, brackets, `%`.
+fn addr(out: &mut Vec<u8>, v: Option<&SocketAddr>) {
     match v {
-        Some(v) => string(out, Some(&v.to_string())),
+        Some(v) => {
+            let _ = write!(out, "\"{v}\"");
+        }
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -441,13 +449,24 @@ impl Writer {
             if self.shared.reopen.swap(false, Relaxed) {
                 self.reopen();
             }
+            std::thread::sleep(BATCH_PAUSE);
         }
     }
 
     fn take(&mut self, m: Msg) {
-        if let Msg::Record(r) = m {
-            r.write_json(&mut self.buf);
-            self.batch += 1;
+        match m {
+            Msg::Record(r) => {
+                r.write_json(&mut self.buf);
+                self.batch += 1;
+            }
+            // The wake-up is queued behind the records logged before the reopen
+            // request and ahead of those after it: reopen exactly there.
+            Msg::Wake => {
+                if self.shared.reopen.swap(false, Relaxed) {
+                    self.flush();
+                    self.reopen();
+                }
+            }
         }
     }
 
