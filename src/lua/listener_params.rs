@@ -61,6 +61,8 @@ pub(crate) fn listener_config_in(ctx: &str, v: Value) -> mlua::Result<Config> {
         ));
     }
     c.protocols = crate::lua::http::protocols_param(&mut p)?;
+    c.proxy_protocol = crate::lua::proxy_protocol::inbound_param(&mut p)?;
+    c.send_proxy = crate::lua::proxy_protocol::send_param(&mut p)?;
     auth_params(&mut p, &mut c)?;
     c.access_log = access_log_param(&mut p)?.flatten();
     // Unknown keys first: a missing `listen` is often a misspelt one.

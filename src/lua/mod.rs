@@ -18,6 +18,7 @@ pub mod listener;
 pub mod listener_params;
 pub mod ops;
 pub mod params;
+pub mod proxy_protocol;
 pub mod pumping;
 
 use crate::host::runtime;

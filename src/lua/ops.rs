@@ -233,6 +233,8 @@ const FIXED: &[&str] = &[
     "use_splice",
     "protocols",
     "egress_source",
+    "proxy_protocol",
+    "send_proxy_protocol",
 ];
 
 /// Keys left out when re-parsing: the TLS material is kept as is (parsing it

@@ -24,6 +24,8 @@ pub const CLOSED_BY_POLICY: &str = "closed by policy";
 #[derive(Debug)]
 pub struct Trace {
     pub start: SystemTime,
+    /// The balancer, when `proxy_protocol` named the client (`peer`).
+    pub proxy_peer: Option<SocketAddr>,
     /// `socks5` or `http` (set once the first byte says which).
     pub protocol: &'static str,
     pub command: Option<&'static str>,
@@ -42,6 +44,7 @@ impl Trace {
     pub fn new(protocol: &'static str) -> Box<Trace> {
         Box::new(Trace {
             start: SystemTime::now(),
+            proxy_peer: None,
             protocol,
             command: None,
             auth: None,
@@ -133,6 +136,7 @@ pub fn finish(shared: &Shared, peer: SocketAddr, trace: &Trace, result: &Result<
     let mut r = Record::new(trace.start, shared.local_addr, trace.protocol, peer);
     r.end = SystemTime::now();
     r.command = trace.command;
+    r.proxy_peer = trace.proxy_peer;
     if let Some(a) = &trace.auth {
         if let Some(first) = a.identities.first() {
             r.identity = Some(first.identity.clone());
@@ -153,17 +157,31 @@ pub fn finish(shared: &Shared, peer: SocketAddr, trace: &Trace, result: &Result<
 
 /// A connection refused at accept (`max_connections`, `max_connections_per_ip`).
 pub fn rejected(shared: &Shared, peer: SocketAddr, reason: String) {
-    finish_as(shared, peer, SystemTime::now(), Outcome::Denied, reason)
+    finish_as(
+        shared,
+        peer,
+        None,
+        SystemTime::now(),
+        Outcome::Denied,
+        reason,
+    )
+}
+
+/// As [`rejected`], for a client named by a balancer's PROXY header.
+pub fn rejected_behind(shared: &Shared, peer: SocketAddr, proxy_peer: SocketAddr, reason: String) {
+    let now = SystemTime::now();
+    finish_as(shared, peer, Some(proxy_peer), now, Outcome::Denied, reason)
 }
 
 /// A session that ended before it had a trace (TLS handshake failure).
 pub fn finish_early(shared: &Shared, peer: SocketAddr, start: SystemTime, reason: String) {
-    finish_as(shared, peer, start, Outcome::Failed, reason)
+    finish_as(shared, peer, None, start, Outcome::Failed, reason)
 }
 
 fn finish_as(
     shared: &Shared,
     peer: SocketAddr,
+    proxy_peer: Option<SocketAddr>,
     start: SystemTime,
     outcome: Outcome,
     reason: String,
@@ -180,6 +198,7 @@ fn finish_as(
     };
     let mut r = Record::new(start, shared.local_addr, protocol, peer);
     r.end = SystemTime::now();
+    r.proxy_peer = proxy_peer;
     r.outcome = outcome;
     r.reason = Some(reason);
     emit(shared, r, event);

@@ -16,9 +16,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _active = crate::host::stats::ActiveGuard(&shared.stats);
-    let started = std::time::SystemTime::now();
+    // Boxed (its state is read only at the end), and made first: its start
+    // time includes the PROXY header and TLS handshake.
+    let mut trace = Trace::new("socks5");
+    // `proxy_protocol`: from a balancer, the client is whom its header names.
+    // Boxed: only the header read needs this state.
+    let Some(crate::server::proxy_accept::Accepted {
+        peer,
+        proxy_peer,
+        tlvs: proxy_tlvs,
+        slot: _slot,
+    }) = Box::pin(crate::server::proxy_accept::accept(
+        &mut stream,
+        peer,
+        &shared,
+    ))
+    .await
+    else {
+        return;
+    };
 
     // A listener bound to one address already knows it: no getsockname per session.
     let local = if shared.local_addr.ip().is_unspecified() {
@@ -61,7 +79,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     Stats::inc(&stats.failed);
                     tracing::warn!("session from {peer} failed: TLS handshake: {why}");
                     let why = format!("TLS handshake: {why}");
-                    crate::server::accounting::finish_early(&shared, peer, started, why);
+                    crate::server::accounting::finish_early(&shared, peer, trace.start, why);
                     return;
                 }
             }
@@ -72,10 +90,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         local: LocalAddr(local),
         tls_client,
         http_auth: None,
+        proxy_peer,
+        proxy_tlvs,
     });
 
-    let mut trace = Trace::new("socks5");
-    trace.start = started;
+    trace.proxy_peer = meta.proxy_peer;
     let result = tokio::select! {
         r = handle(client, &meta, &shared, &mut trace) => r,
         _ = shared.abort.cancelled() => Err(SessionError::Aborted),
@@ -168,6 +187,8 @@ pub async fn fuzz_session(
         local: LocalAddr(shared.local_addr),
         tls_client: None,
         http_auth: None,
+        proxy_peer: None,
+        proxy_tlvs: None,
     });
     let mut trace = Trace::new("socks5");
     handle(ClientStream::Mem(client), &meta, shared, &mut trace).await

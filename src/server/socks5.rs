@@ -291,8 +291,17 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             // For log lines: control characters escaped.
             let user =
                 crate::host::logging::printable(&String::from_utf8_lossy(&creds.username)).into_owned();
+            // Boxed: the credential check (auth cache, auth_http, a Lua question)
+            // is the session's largest state and ends before the relay; inline it
+            // would size every session's task (issue 8).
             let verdict =
-                crate::policy::auth::check_rfc1929(creds.username, creds.password, meta, &shared.auth_ctx()).await;
+                Box::pin(crate::policy::auth::check_rfc1929(
+                    creds.username,
+                    creds.password,
+                    meta,
+                    &shared.auth_ctx(),
+                ))
+                .await;
             conn.write(
                 "sending auth status",
                 &socks5::encode_auth_status(verdict.is_ok()),
