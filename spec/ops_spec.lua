@@ -287,6 +287,37 @@ describe('access log', function()
     l:close()
   end)
 
+  it('behind a balancer: peer is the client the PROXY header named, proxy_peer the balancer', function()
+    local path = dir .. '/access.jsonl'
+    local l = H.listener {
+      allow_private_destinations = true,
+      proxy_protocol = { from = { '127.0.0.1' } },
+      trusted_hosts = { '192.0.2.0/24' },
+      access_log = { path = path },
+    }
+    local phost, pport = l:local_addr():match('^(.*):(%d+)$')
+    local c = assert(H.socket.tcp())
+    c:settimeout(5)
+    assert(c:connect(phost, tonumber(pport)))
+    local port = origin.echo
+    -- PROXY v1 header, SOCKS5 greeting and CONNECT, pipelined; then one byte.
+    assert(c:send(('PROXY TCP4 192.0.2.7 127.0.0.1 51514 %s\r\n'):format(pport)
+      .. '\5\1\0' .. '\5\1\0\1\127\0\0\1' .. string.char(math.floor(port / 256), port % 256)))
+    assert.are.equal('\5\0', c:receive(2))
+    assert.are.equal('\5\0', c:receive(10):sub(1, 2))
+    c:send('z')
+    assert.are.equal('z', c:receive(1))
+    c:close()
+    H.eventually(function() return count_lines { path } == 1 end, 10, 'one line')
+    local v = json_lines { path }[1]
+    assert.are.equal('ok', v.outcome)
+    assert.are.equal('192.0.2.7:51514', v.peer)
+    assert.matches('^127%.0%.0%.1:%d+$', v.proxy_peer)
+    assert.are.equal('192.0.2.7', v.identity)
+    assert.are.equal('TrustedHost', v.context)
+    l:close()
+  end)
+
   it('reopen_logs() moves new lines to a new file, none lost', function()
     local path = dir .. '/access.jsonl'
     local l = H.listener { allow_private_destinations = true, access_log = { path = path } }
