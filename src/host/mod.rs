@@ -3,6 +3,7 @@
 //! registry pieces, counters, socket helpers, streams and TLS configuration.
 //! May use `proto` only.
 
+pub mod access_log;
 pub mod logging;
 pub mod metrics;
 pub mod net;
