@@ -131,6 +131,35 @@ describe('kumoproxy command', function()
     assert.matches('exit=0\n$', out)
   end)
 
+  it("README's ten-line example: found through LUA_CPATH, prints its address through a pipe, serves", function()
+    local readme = io.open('README.md'):read('*a')
+    local code = readme:match('## Ten lines.-```lua\n(.-)```')
+    assert.truthy(code, 'no Lua block under "## Ten lines" in README.md')
+    assert.truthy(readme:match("## Ten lines.-LUA_CPATH='build/lua5%.4/%?%.so;;'"), 'README no longer says how require finds the module')
+    -- The one change: a free port instead of 1080, so specs can run in parallel.
+    local n
+    code, n = code:gsub("'127%.0%.0%.1:1080'", "'127.0.0.1:0'")
+    assert.are.equal(1, n)
+    local path = os.tmpname()
+    local f = assert(io.open(path, 'w'))
+    f:write(code)
+    f:close()
+    finally(function() os.remove(path) end)
+    -- stdout is a pipe here: without a flush the address line would only come at exit.
+    local script = ([[
+      coproc P { exec "$0" %s; }
+      pid=$P_PID
+      exec 3<&"${P[0]}"
+      read -r line <&3; echo "$line"
+      port=${line##*:}
+      curl -sS -m 10 --socks5-hostname alice:secret@127.0.0.1:$port http://127.0.0.1:%d/ && echo "curl=ok"
+      kill -TERM "$pid"; wait "$pid"; echo "exit=$?"
+    ]]):format(path, origin.http)
+    local out, rc, err = H.sh({ 'bash', '-c', script, H.lua }, { timeout = 60 })
+    assert.are.equal(0, rc, out .. err)
+    assert.matches('^proxy listener on 127%.0%.0%.1:%d+\nhello from origin\ncurl=ok\nexit=0\n$', out)
+  end)
+
   describe('--proxy-config', function()
     local dir
     setup(function()
