@@ -6,6 +6,7 @@
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod process;
 pub mod pump;
 pub mod runtime;
 pub mod signals;
