@@ -58,7 +58,7 @@ pub fn read() -> ProcessStats {
     };
     // SAFETY: getrlimit writes into the struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        s.max_fds = Some(lim.rlim_cur as u64);
+        s.max_fds = Some(lim.rlim_cur);
     }
     s
 }
