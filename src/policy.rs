@@ -11,6 +11,8 @@ use crate::net::within;
 use crate::permissions::{self, Permissions};
 use crate::pump::{Event, EVENT_REQUEST};
 use crate::socks5::{reply, TargetAddr};
+
+pub mod limits;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
