@@ -26,6 +26,10 @@ pub struct AuthInfo {
     pub groups: Vec<String>,
     /// The user's own destination rules, checked after the listener's.
     pub permissions: Option<Arc<Permissions>>,
+    /// The user's own `limits`, replacing the listener's defaults.
+    pub limits: Option<Arc<crate::policy::limits::LimitsSpec>>,
+    /// The bucket limits are counted in (default: the first identity).
+    pub limit_key: Option<String>,
 }
 
 pub const CONTEXT_RFC1929: &str = "ProxyAuthRfc1929";
@@ -41,7 +45,17 @@ impl AuthInfo {
             }],
             groups: Vec::new(),
             permissions: None,
+            limits: None,
+            limit_key: None,
         }
+    }
+
+    /// The bucket this principal's limits are counted in: `limit_key`, else the
+    /// first identity (username, trusted peer IP, certificate name).
+    pub fn limit_key(&self) -> Option<&str> {
+        self.limit_key
+            .as_deref()
+            .or_else(|| self.identities.first().map(|i| i.identity.as_str()))
     }
 
     /// A short description for logs: the first identity.

@@ -819,6 +819,7 @@ async fn forward_one(
         up.stream,
         &[],
         shared,
+        None,
     )
     .await
     .map_err(|e| format!("relay ended: {e}"))

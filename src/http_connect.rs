@@ -203,9 +203,10 @@ pub fn status_for_reply(code: u8) -> (u16, &'static str) {
     }
 }
 
-/// The answer of `http_server_validate_auth_basic`: Ok(true/false), or Err(why)
-/// for an error or a value that is not a boolean (500, never a pass).
-pub type BasicVerdict = Result<bool, String>;
+/// The answer of `http_server_validate_auth_basic`: Ok(Some(who)) for `true` or
+/// an AuthInfo table, Ok(None) for `false`, or Err(why) for an error or any
+/// other value (500, never a pass).
+pub type BasicVerdict = Result<Option<AuthInfo>, String>;
 
 /// How authentication of one HTTP request ended.
 pub enum AuthOutcome {
@@ -279,11 +280,11 @@ async fn authenticate(
             let pw = password.clone().unwrap_or_default();
             let errored = AtomicBool::new(false);
             let errored_ref = &errored;
-            let (u, n) = (user.clone(), name.clone());
+            let u = user.clone();
             let ask = move || async move {
                 match validate_basic(&shared.pump, u, password, meta, cfg.timeout).await {
-                    Some(Ok(true)) => Ok(AuthInfo::single(n, CONTEXT_HTTP_BASIC)),
-                    Some(Ok(false)) => Err(Denial::decided("rejected by handler")),
+                    Some(Ok(Some(info))) => Ok(info),
+                    Some(Ok(None)) => Err(Denial::decided("rejected by handler")),
                     Some(Err(e)) => {
                         errored_ref.store(true, Ordering::Relaxed);
                         Err(Denial::failed(e))
@@ -440,7 +441,8 @@ pub async fn handle(
         auth.summary()
     );
     // Permissions and proxy_server_request, exactly as for SOCKS5.
-    let plan = match crate::policy::plan_connect(&target, &Arc::new(auth), &meta, shared).await {
+    let plan_auth = Arc::new(auth);
+    let plan = match crate::policy::plan_connect(&target, &plan_auth, &meta, shared).await {
         Ok(p) => p,
         Err(r) => {
             let (status, reason) = status_for_reply(r.code);
@@ -461,6 +463,27 @@ pub async fn handle(
             });
         }
     };
+    // Limits, once the request is allowed and before dialling: 429 + Retry-After.
+    let limits = match Box::pin(crate::policy::limits::admit_session(
+        &plan_auth,
+        shared.config.limits.as_ref(),
+        meta.peer.0.ip(),
+    ))
+    .await
+    {
+        Ok(l) => l,
+        Err((key, r)) => {
+            let retry = r.retry_after_secs().to_string();
+            let resp = response(
+                429,
+                "Too Many Requests",
+                &[("Retry-After", &retry)],
+                "too many requests\n",
+            );
+            refuse(&mut io, t, &resp).await?;
+            return Err(SessionError::Limited(r.describe(&key)));
+        }
+    };
     let remote = match crate::session::dial(&plan, None, shared).await {
         Ok(d) => d.stream,
         Err(e) => {
@@ -476,7 +499,7 @@ pub async fn handle(
     };
     send(&mut io, t, b"HTTP/1.1 200 Connection established\r\n\r\n").await?;
     // Bytes the client sent behind the head (e.g. a TLS ClientHello) go first.
-    crate::relay::relay_any(io, remote, &buf[n..], shared)
+    crate::relay::relay_any(io, remote, &buf[n..], shared, limits.as_ref())
         .await
         .map_err(SessionError::Relay)
 }

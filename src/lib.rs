@@ -34,6 +34,7 @@ pub mod logging;
 pub mod lua_api;
 pub mod lua_egress;
 pub mod lua_http;
+pub mod lua_limits;
 pub mod metrics;
 pub mod net;
 pub mod params;

@@ -61,6 +61,8 @@ pub struct Config {
     pub allowed_source_addresses: Option<Vec<ipnet::IpNet>>,
     /// Which protocols this port speaks; the client's first byte picks one.
     pub protocols: Protocols,
+    /// `limits`: defaults for every identity (an AuthInfo's own replace them).
+    pub limits: Option<Arc<crate::policy::limits::LimitsSpec>>,
     /// Set by `start`: TCP_NODELAY and keepalive were set on the listening socket,
     /// and accepted sockets inherit them (Linux), so sessions skip those syscalls.
     pub sockopts_inherited: bool,
@@ -120,6 +122,7 @@ impl Config {
             auth_failure_delay: Some(crate::auth_cache::DelayConfig::default()),
             permissions: Arc::new(crate::permissions::Permissions::private_destinations()),
             allowed_source_addresses: None,
+            limits: None,
             sockopts_inherited: false,
         }
     }

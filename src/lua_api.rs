@@ -31,6 +31,10 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
         "start_proxy_listener",
         lua.create_function(start_proxy_listener)?,
     )?;
+    m.set(
+        "configure_redis",
+        lua.create_function(crate::lua_limits::configure_redis)?,
+    )?;
     m.set("run", lua.create_function(run)?)?;
     m.set("poll", lua.create_function(poll)?)?;
     m.set(
@@ -208,6 +212,7 @@ fn listener_config(v: Value) -> mlua::Result<Config> {
     }
     c.protocols = crate::lua_http::protocols_param(&mut p)?;
     auth_params(&mut p, &mut c)?;
+    c.limits = crate::lua_limits::listener_limits(&mut p)?;
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
     if listen.is_none() {
@@ -510,6 +515,15 @@ impl UserData for LuaListener {
                 .as_ref()
                 .map(|c| c.flush())
                 .unwrap_or(0))
+        });
+        methods.add_method("limit_stats", |lua, this, key: String| {
+            let spec = this
+                .check_pid()?
+                .config
+                .limits
+                .clone()
+                .ok_or_else(|| err("limit_stats: this listener has no limits"))?;
+            crate::lua_limits::limit_stats(lua, &spec, key)
         });
         methods.add_method("close", |_, this, ()| {
             this.check_pid()?.close();

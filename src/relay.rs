@@ -8,8 +8,14 @@
 //! Both directions run in one task. EOF on one side becomes a write shutdown on the
 //! other (half-close propagates); an error on either side ends both. The relay ends
 //! when nothing moved in either direction for the listener's `timeout`.
+//!
+//! Sessions with `limits` that shape or meter bytes (bandwidth, quota) ask their
+//! [`SessionLimits`] before each write (splice or copy) how much may go now; the
+//! answer comes from atomics and a timer, never from Lua or a lock. Sessions
+//! without such limits relay exactly as before.
 
 use crate::listener::Shared;
+use crate::policy::limits::{Dir, SessionLimits};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -57,6 +63,7 @@ pub async fn relay(
     mut remote: TcpStream,
     early: &[u8],
     shared: &Shared,
+    limits: Option<&SessionLimits>,
 ) -> io::Result<()> {
     let stats = &shared.stats;
     if !early.is_empty() {
@@ -64,6 +71,9 @@ pub async fn relay(
         stats
             .bytes_to_remote
             .fetch_add(early.len() as u64, Ordering::Relaxed);
+        if let Some(l) = limits {
+            l.count(Dir::Up, early.len() as u64);
+        }
     }
     #[cfg(target_os = "linux")]
     if shared.config.use_splice {
@@ -72,8 +82,22 @@ pub async fn relay(
         let pool = &crate::runtime::current().pipes;
         let both = async {
             tokio::try_join!(
-                splice::one_way(&client, &remote, to_remote, &activity, pool),
-                splice::one_way(&remote, &client, to_client, &activity, pool),
+                splice::one_way(
+                    &client,
+                    &remote,
+                    to_remote,
+                    &activity,
+                    pool,
+                    limits.map(|l| (l, Dir::Up))
+                ),
+                splice::one_way(
+                    &remote,
+                    &client,
+                    to_client,
+                    &activity,
+                    pool,
+                    limits.map(|l| (l, Dir::Down))
+                ),
             )
         };
         return tokio::select! {
@@ -83,7 +107,7 @@ pub async fn relay(
     }
     // Boxed: the userspace copy's state is larger than splice's, and every relay's
     // future is as large as its largest path (an idle relay's memory is mostly that).
-    Box::pin(copy_both(client, remote, shared)).await
+    Box::pin(copy_both(client, remote, shared, limits)).await
 }
 
 /// `relay` without splice: userspace copy over the borrowed halves.
@@ -91,6 +115,7 @@ async fn copy_both(
     mut client: TcpStream,
     mut remote: TcpStream,
     shared: &Shared,
+    limits: Option<&SessionLimits>,
 ) -> io::Result<()> {
     let stats = &shared.stats;
     let activity = Activity::new();
@@ -98,8 +123,20 @@ async fn copy_both(
     let (mut rr, mut rw) = remote.split();
     let both = async {
         tokio::try_join!(
-            copy_one_way(&mut cr, &mut rw, &stats.bytes_to_remote, &activity),
-            copy_one_way(&mut rr, &mut cw, &stats.bytes_to_client, &activity),
+            copy_one_way(
+                &mut cr,
+                &mut rw,
+                &stats.bytes_to_remote,
+                &activity,
+                limits.map(|l| (l, Dir::Up))
+            ),
+            copy_one_way(
+                &mut rr,
+                &mut cw,
+                &stats.bytes_to_client,
+                &activity,
+                limits.map(|l| (l, Dir::Down))
+            ),
         )
     };
     tokio::select! {
@@ -115,13 +152,14 @@ pub async fn relay_any(
     remote: crate::egress::EgressStream,
     early: &[u8],
     shared: &Shared,
+    limits: Option<&SessionLimits>,
 ) -> io::Result<()> {
     use crate::stream::MaybeTls::Plain;
     match (client, remote) {
-        (Plain(c), Plain(r)) => relay(c, r, early, shared).await,
+        (Plain(c), Plain(r)) => relay(c, r, early, shared, limits).await,
         // TLS relays hold whole TLS streams: boxed, so they do not grow every
         // session's future (an idle plain relay pays only for what it uses).
-        (c, r) => Box::pin(relay_streams(c, r, early, shared)).await,
+        (c, r) => Box::pin(relay_streams(c, r, early, shared, limits)).await,
     }
 }
 
@@ -132,6 +170,7 @@ pub async fn relay_streams<C, R>(
     mut remote: R,
     early: &[u8],
     shared: &Shared,
+    limits: Option<&SessionLimits>,
 ) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -143,14 +182,29 @@ where
         stats
             .bytes_to_remote
             .fetch_add(early.len() as u64, Ordering::Relaxed);
+        if let Some(l) = limits {
+            l.count(Dir::Up, early.len() as u64);
+        }
     }
     let activity = Activity::new();
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut rr, mut rw) = tokio::io::split(remote);
     let both = async {
         tokio::try_join!(
-            copy_one_way(&mut cr, &mut rw, &stats.bytes_to_remote, &activity),
-            copy_one_way(&mut rr, &mut cw, &stats.bytes_to_client, &activity),
+            copy_one_way(
+                &mut cr,
+                &mut rw,
+                &stats.bytes_to_remote,
+                &activity,
+                limits.map(|l| (l, Dir::Up))
+            ),
+            copy_one_way(
+                &mut rr,
+                &mut cw,
+                &stats.bytes_to_client,
+                &activity,
+                limits.map(|l| (l, Dir::Down))
+            ),
         )
     };
     tokio::select! {
@@ -166,6 +220,7 @@ async fn copy_one_way<R, W>(
     w: &mut W,
     counter: &AtomicU64,
     activity: &Activity,
+    limits: Option<(&SessionLimits, Dir)>,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -189,11 +244,33 @@ where
             w.shutdown().await.or_else(ignore_not_connected)?;
             return Ok(());
         }
-        if buf.is_empty() {
-            w.write_all(&small[..n]).await?;
-            buf = vec![0u8; BUF];
+        let data: &[u8] = if buf.is_empty() {
+            &small[..n]
         } else {
-            w.write_all(&buf[..n]).await?;
+            &buf[..n]
+        };
+        match limits {
+            Some((l, dir)) if l.meters_bytes() => {
+                // Shaped or metered: write what the limits allow, wait for the rest.
+                let mut off = 0;
+                while off < n {
+                    let ok = l.permit(dir, n - off).await.map_err(cut)?;
+                    let r = w.write_all(&data[off..off + ok]).await;
+                    l.record(dir, ok, if r.is_ok() { ok } else { 0 });
+                    r?;
+                    off += ok;
+                    activity.touch();
+                }
+            }
+            _ => {
+                w.write_all(data).await?;
+                if let Some((l, dir)) = limits {
+                    l.count(dir, n as u64);
+                }
+            }
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; BUF];
         }
         counter.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
@@ -220,6 +297,11 @@ pub fn pooled_pipes() -> usize {
     crate::runtime::current().pipes.len()
 }
 
+/// A quota cut as the relay's error; the session's log line says why.
+fn cut(c: crate::policy::limits::Cut) -> io::Error {
+    io::Error::other(c)
+}
+
 fn ignore_not_connected(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::NotConnected {
         Ok(())
@@ -230,7 +312,8 @@ fn ignore_not_connected(e: io::Error) -> io::Result<()> {
 
 #[cfg(target_os = "linux")]
 mod splice {
-    use super::{ignore_not_connected, Activity};
+    use super::{cut, ignore_not_connected, Activity};
+    use crate::policy::limits::{Dir, SessionLimits};
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -323,7 +406,10 @@ mod splice {
         counter: &AtomicU64,
         activity: &Activity,
         pool: &PipePool,
+        limits: Option<(&SessionLimits, Dir)>,
     ) -> io::Result<()> {
+        // Only shaped/metered sessions ask before writing; the rest splice freely.
+        let metered = limits.filter(|(l, _)| l.meters_bytes());
         loop {
             src.readable().await?;
             let pipe = pool.take()?;
@@ -349,18 +435,37 @@ mod splice {
             };
             let mut left = n;
             while left > 0 {
-                dst.writable().await?;
-                match dst.try_io(Interest::WRITABLE, || {
-                    splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), left)
-                }) {
-                    Ok(m) => {
-                        left -= m;
-                        counter.fetch_add(m as u64, Ordering::Relaxed);
-                        activity.touch();
+                // How much of what the pipe holds may go now (all, unless shaped).
+                let allowed = match metered {
+                    Some((l, dir)) => l.permit(dir, left).await.map_err(cut)?,
+                    None => left,
+                };
+                let mut part = allowed;
+                while part > 0 {
+                    dst.writable().await?;
+                    match dst.try_io(Interest::WRITABLE, || {
+                        splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), part)
+                    }) {
+                        Ok(m) => {
+                            part -= m;
+                            left -= m;
+                            counter.fetch_add(m as u64, Ordering::Relaxed);
+                            activity.touch();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // `pipe` still holds bytes: dropping it closes it.
+                        Err(e) => {
+                            if let Some((l, dir)) = metered {
+                                l.record(dir, allowed, allowed - part);
+                            }
+                            return Err(e);
+                        }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // `pipe` still holds bytes: dropping it closes it.
-                    Err(e) => return Err(e),
+                }
+                match (metered, limits) {
+                    (Some((l, dir)), _) => l.record(dir, allowed, allowed),
+                    (None, Some((l, dir))) => l.count(dir, allowed as u64),
+                    (None, None) => {}
                 }
             }
             pool.give_back(pipe);

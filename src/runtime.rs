@@ -22,6 +22,8 @@ pub struct Process {
     pub pipes: crate::relay::PipePool,
     /// Status/metrics listeners (`start_http_listener`), closed by `run()`'s shutdown.
     pub http_listeners: Mutex<Vec<std::sync::Weak<crate::http_server::Shared>>>,
+    /// Per-identity limits of this process (and its Redis backend, if any).
+    pub limiter: crate::policy::limits::Limiter,
 }
 
 static CURRENT: AtomicPtr<Process> = AtomicPtr::new(std::ptr::null_mut());
@@ -44,6 +46,7 @@ pub fn current() -> &'static Process {
         listeners: Mutex::new(Vec::new()),
         pipes: Default::default(),
         http_listeners: Mutex::new(Vec::new()),
+        limiter: Default::default(),
     }));
     match CURRENT.compare_exchange(p, fresh, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => fresh,

@@ -32,6 +32,8 @@ pub enum SessionError {
     Refused(String),
     /// Refused by permissions or the request policy: reply 0x02.
     Denied(String),
+    /// Refused by the identity's `limits`: reply 0x02 / HTTP 429.
+    Limited(String),
     Connect {
         target: String,
         code: u8,
@@ -62,6 +64,7 @@ impl fmt::Display for SessionError {
             SessionError::Auth(why) => write!(f, "authentication failed: {why}"),
             SessionError::Refused(why) => write!(f, "request refused: {why}"),
             SessionError::Denied(why) => write!(f, "request denied: {why}"),
+            SessionError::Limited(why) => write!(f, "refused by limits: {why}"),
             SessionError::Connect {
                 target,
                 code,
@@ -153,6 +156,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 Stats::inc(&stats.denied);
             }
             match e {
+                // A quota cut is a decision worth a warning, not a routine reset.
+                SessionError::Relay(ref e)
+                    if e.get_ref()
+                        .is_some_and(|c| c.is::<crate::policy::limits::Cut>()) =>
+                {
+                    tracing::warn!("session from {peer} ended: {e}")
+                }
                 // Client resets mid-transfer are routine; keep them out of warn.
                 SessionError::Relay(_) | SessionError::ClientClosed(_) => {
                     tracing::info!("session from {peer} failed: {e}")
@@ -328,6 +338,21 @@ async fn handle(
                     Ok(p) => p,
                     Err(r) => return Err(refuse(&mut conn, r, &req.target).await),
                 };
+                // Limits are checked once the request is known to be allowed,
+                // before anything is dialled. Boxed: a fleet admission awaits Redis.
+                let limits = match Box::pin(crate::policy::limits::admit_session(
+                    &auth,
+                    shared.config.limits.as_ref(),
+                    meta.peer.0.ip(),
+                ))
+                .await
+                {
+                    Ok(l) => l,
+                    Err((key, r)) => {
+                        conn.reply(&Reply::failure(reply::NOT_ALLOWED)).await?;
+                        return Err(SessionError::Limited(r.describe(&key)));
+                    }
+                };
                 let dialed = match dial(&plan, bound.take(), shared).await {
                     Ok(d) => d,
                     Err(e) => {
@@ -347,7 +372,7 @@ async fn handle(
                 let Framed { io, mut buf, .. } = conn;
                 // Usually empty: free the frame buffer so an idle relay does not hold it.
                 buf.shrink_to_fit();
-                return crate::relay::relay_any(io, dialed.stream, &buf, shared)
+                return crate::relay::relay_any(io, dialed.stream, &buf, shared, limits.as_ref())
                     .await
                     .map_err(SessionError::Relay);
             }

@@ -77,6 +77,58 @@ pub struct Cut {
     pub reason: String,
 }
 
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "limits: {}", self.reason)
+    }
+}
+
+impl std::error::Error for Cut {}
+
+/// The limits of one session: the AuthInfo's own, else the listener's
+/// defaults; `None` when neither limits anything (the session skips the limiter).
+/// `Err` carries the (escaped) key and why, for the session's log line.
+pub async fn admit_session(
+    auth: &crate::auth::AuthInfo,
+    defaults: Option<&Arc<LimitsSpec>>,
+    peer: std::net::IpAddr,
+) -> Result<Option<SessionLimits>, (String, Refusal)> {
+    let Some(spec) = auth.limits.as_ref().or(defaults) else {
+        return Ok(None);
+    };
+    if spec.is_empty() {
+        return Ok(None);
+    }
+    let peer_s;
+    let key = match auth.limit_key() {
+        Some(k) => k,
+        None => {
+            peer_s = peer.to_string();
+            &peer_s
+        }
+    };
+    crate::runtime::current()
+        .limiter
+        .admit(key, spec)
+        .await
+        .map(Some)
+        .map_err(|r| (crate::logging::printable(key).into_owned(), r))
+}
+
+impl Refusal {
+    /// One line for the log: `key 'alice': max_sessions (max_sessions = 3)`.
+    pub fn describe(&self, key: &str) -> String {
+        format!("key '{key}': {} ({})", self.kind.as_str(), self.limit)
+    }
+    /// `Retry-After` seconds (at least 1).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
 /// Process-wide refusal counters for `/metrics`, by kind (no label per key).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -413,6 +465,63 @@ impl SessionLimits {
     /// shaper (a timer, no lock) and, rarely, for a quota chunk. `Err`: the
     /// quota is used up and the session must end. Follow with [`record`](Self::record).
     pub async fn permit(&self, dir: Dir, want: usize) -> Result<usize, Cut> {
+        if let Some(n) = self.try_permit(dir, want)? {
+            return Ok(n);
+        }
+        // Boxed: the waiting path (timers, a Redis call) would otherwise size
+        // every relay's future, metered or not.
+        Box::pin(self.permit_slow(dir, want)).await
+    }
+
+    /// The common case without waiting: budget left and tokens in the bucket.
+    fn try_permit(&self, dir: Dir, want: usize) -> Result<Option<usize>, Cut> {
+        let mut n = want;
+        if let Some(q) = &self.quota {
+            if !q.unmetered.load(Relaxed) {
+                let b = q.budget.load(Relaxed);
+                if b <= 0 {
+                    if q.exhausted.load(Relaxed) {
+                        return Err(self.cut());
+                    }
+                    return Ok(None);
+                }
+                let take = (want as i64).min(b);
+                if q.budget
+                    .compare_exchange(b, b - take, Relaxed, Relaxed)
+                    .is_err()
+                {
+                    return Ok(None);
+                }
+                if b - take < q.quota.chunk() as i64 / 2 && self.fleet.is_some() {
+                    self.prefetch(q);
+                }
+                n = take as usize;
+            }
+        }
+        if let Some(sh) = &self.shapers[dir as usize] {
+            match sh.take(n, now_ns()) {
+                Grant::Go(g) => {
+                    if let Some(q) = &self.quota {
+                        if !q.unmetered.load(Relaxed) {
+                            q.budget.fetch_add((n - g) as i64, Relaxed);
+                        }
+                    }
+                    n = g;
+                }
+                Grant::Wait(_) => {
+                    if let Some(q) = &self.quota {
+                        if !q.unmetered.load(Relaxed) {
+                            q.budget.fetch_add(n as i64, Relaxed);
+                        }
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(n))
+    }
+
+    async fn permit_slow(&self, dir: Dir, want: usize) -> Result<usize, Cut> {
         let mut n = want;
         if let Some(q) = &self.quota {
             n = self.reserve(q, want).await?;
@@ -422,7 +531,9 @@ impl SessionLimits {
                 match sh.take(n, now_ns()) {
                     Grant::Go(g) => {
                         if let Some(q) = &self.quota {
-                            q.budget.fetch_add((n - g) as i64, Relaxed);
+                            if !q.unmetered.load(Relaxed) {
+                                q.budget.fetch_add((n - g) as i64, Relaxed);
+                            }
                         }
                         n = g;
                         break;
@@ -443,7 +554,9 @@ impl SessionLimits {
                 sh.refund(unused);
             }
             if let Some(q) = &self.quota {
-                q.budget.fetch_add(unused as i64, Relaxed);
+                if !q.unmetered.load(Relaxed) {
+                    q.budget.fetch_add(unused as i64, Relaxed);
+                }
             }
         }
         self.count(dir, moved as u64);

@@ -68,7 +68,11 @@ pub struct LimitsError {
 
 impl fmt::Display for LimitsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "limits.{}: {}", self.key, self.msg)
+        if self.key.is_empty() {
+            write!(f, "limits: {}", self.msg)
+        } else {
+            write!(f, "limits.{}: {}", self.key, self.msg)
+        }
     }
 }
 
@@ -286,12 +290,6 @@ impl LimitsSpec {
                 msg: format!("expected an object, got a {}", other.type_name()),
             }),
         }
-        .map_err(|mut e| {
-            if e.key.is_empty() {
-                e.key = "(table)".into();
-            }
-            e
-        })
     }
 
     /// True when nothing is limited: sessions skip the limiter entirely.
