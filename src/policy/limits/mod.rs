@@ -88,31 +88,34 @@ impl std::error::Error for Cut {}
 /// The limits of one session: the AuthInfo's own, else the listener's
 /// defaults; `None` when neither limits anything (the session skips the limiter).
 /// `Err` carries the (escaped) key and why, for the session's log line.
+/// `own`/`key`: the AuthInfo's `limits` and `limit_key()`; `peer` is the key of
+/// a session with no identity.
 pub async fn admit_session(
-    auth: &crate::auth::AuthInfo,
+    own: Option<&Arc<LimitsSpec>>,
+    key: Option<&str>,
     defaults: Option<&Arc<LimitsSpec>>,
     peer: std::net::IpAddr,
-) -> Result<Option<SessionLimits>, (String, Refusal)> {
-    let Some(spec) = auth.limits.as_ref().or(defaults) else {
+) -> Result<Option<Box<SessionLimits>>, (String, Refusal)> {
+    let Some(spec) = own.or(defaults) else {
         return Ok(None);
     };
     if spec.is_empty() {
         return Ok(None);
     }
     let peer_s;
-    let key = match auth.limit_key() {
+    let key = match key {
         Some(k) => k,
         None => {
             peer_s = peer.to_string();
             &peer_s
         }
     };
-    crate::runtime::current()
-        .limiter
+    limiter()
         .admit(key, spec)
         .await
-        .map(Some)
-        .map_err(|r| (crate::logging::printable(key).into_owned(), r))
+        // Boxed: kept for the whole relay in every limited session's future.
+        .map(|s| Some(Box::new(s)))
+        .map_err(|r| (crate::proto::text::printable(key).into_owned(), r))
 }
 
 impl Refusal {
@@ -172,6 +175,13 @@ pub struct LimitStats {
     /// Quota handed out in the current window (None: no quota in the spec).
     pub quota_used: Option<u64>,
     pub quota_remaining: Option<u64>,
+}
+
+static LIMITER: crate::host::runtime::PerProcess<Limiter> = crate::host::runtime::PerProcess::new();
+
+/// This process's limiter (a forked child gets its own, with no Redis backend).
+pub fn limiter() -> &'static Limiter {
+    LIMITER.get_or_init(Limiter::new)
 }
 
 /// All limit state of one process.

@@ -177,19 +177,26 @@ impl RedisServer {
             eprintln!("SKIP {test}: redis-server not installed (Debian package redis-server; .ci/setup installs it)");
             return None;
         }
-        let mut r = RedisServer {
-            child: None,
-            port: free_port(),
-        };
-        r.spawn();
-        Some(r)
+        // Another test may race us to the same free port: retry on a new one.
+        for _ in 0..5 {
+            let mut r = RedisServer {
+                child: None,
+                port: free_port(),
+            };
+            if r.spawn() {
+                return Some(r);
+            }
+        }
+        panic!("could not start redis-server on a free port");
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    fn spawn(&mut self) {
+    /// Starts redis-server on `self.port`; false if the port was taken (by
+    /// another test's server: a PING alone could be answered by it).
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -197,13 +204,24 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server");
+        let pid = child.id();
         self.child = Some(child);
         let client = redis::Client::open(self.url()).unwrap();
         let end = Instant::now() + Duration::from_secs(10);
         loop {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
             if let Ok(mut c) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
+                if let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut c) {
+                    let ours = info
+                        .lines()
+                        .any(|l| l.trim() == format!("process_id:{pid}"));
+                    if !ours {
+                        self.stop();
+                    }
+                    return ours;
                 }
             }
             assert!(
@@ -225,7 +243,11 @@ impl RedisServer {
     /// Same port again (the backends' URL does not change).
     fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "port {} was taken while redis was down",
+            self.port
+        );
     }
 
     /// Script calls sent by clients (EVAL, EVALSHA, SCRIPT) per `INFO commandstats`;
