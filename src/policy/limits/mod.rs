@@ -407,6 +407,8 @@ struct QuotaLease {
     exhausted: AtomicBool,
     /// Admitted while Redis was down with on_error = 'allow': not counted.
     unmetered: AtomicBool,
+    /// The cut was counted (both directions may find the quota gone).
+    cut: AtomicBool,
 }
 
 /// What an admitted session holds; dropping it ends the session's lease.
@@ -447,6 +449,7 @@ impl SessionLimits {
                     fetching: AtomicBool::new(false),
                     exhausted: AtomicBool::new(false),
                     unmetered: AtomicBool::new(false),
+                    cut: AtomicBool::new(false),
                 })
             }),
             fleet: None,
@@ -637,7 +640,11 @@ impl SessionLimits {
     }
 
     fn cut(&self) -> Cut {
-        self.counters.quota_cuts.fetch_add(1, Relaxed);
+        if let Some(q) = &self.quota {
+            if !q.cut.swap(true, Relaxed) {
+                self.counters.quota_cuts.fetch_add(1, Relaxed);
+            }
+        }
         Cut {
             reason: format!(
                 "quota used up ({})",
