@@ -384,7 +384,9 @@ impl FleetBackend {
             loop {
                 tick.tick().await;
                 let Some(b) = weak.upgrade() else { return };
-                if b.stopped.load(Relaxed) {
+                // A replaced backend keeps renewing its live sessions' leases
+                // until they end; a stopped one with none left is done.
+                if b.stopped.load(Relaxed) && b.live_leases() == 0 {
                     return;
                 }
                 b.renew_all().await;
@@ -393,7 +395,8 @@ impl FleetBackend {
         Ok(b)
     }
 
-    /// Stops the renewal tick (a replaced configuration; tests' "crash").
+    /// Stops the renewal tick once no lease is live (a replaced configuration;
+    /// with `forget_leases`, tests' "crash").
     pub fn stop(&self) {
         self.stopped.store(true, Relaxed);
     }
