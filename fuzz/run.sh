@@ -6,9 +6,11 @@
 #   bash fuzz/run.sh ... TARGET...   only these targets
 #
 # Targets: greeting, userpass, request, reply (the socks5.rs codecs), http_head
-# (http_connect.rs: request head, CONNECT target, Basic credentials) and session
-# (a whole server session over an in-memory stream). Inputs start from the
-# committed corpus fuzz/corpus/TARGET; new inputs go to fuzz/work/TARGET and
+# (http_connect.rs: request head, CONNECT target, Basic credentials), session
+# (a whole server session over an in-memory stream) and proxy_header
+# (proto/proxy_header.rs: PROXY protocol v1/v2 parse and builders), and
+# proxy_session (a whole session behind proxy_protocol, over loopback TCP). Inputs
+# start from the committed corpus fuzz/corpus/TARGET; new inputs go to fuzz/work/TARGET and
 # crashes to fuzz/artifacts/TARGET/ (both ignored by git).
 #
 # Stable Rust only: this passes rustc the flags `cargo fuzz build -s none`
@@ -35,7 +37,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     mode=(-max_total_time="$1")
     shift
 fi
-all_targets="greeting userpass request reply http_head session"
+all_targets="greeting userpass request reply http_head session proxy_header proxy_session"
 targets=${*:-$all_targets}
 
 triple=$(rustc -vV | sed -n 's/^host: //p')

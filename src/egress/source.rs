@@ -25,6 +25,8 @@ pub struct Settings {
     pub tls_insecure: Option<bool>,
     pub tls_server_name: Option<String>,
     pub connect_timeout: Option<Duration>,
+    pub ha_proxy_server: Option<String>,
+    pub ha_proxy_source_address: Option<IpAddr>,
 }
 
 /// A setting that can never work; `key` is the parameter to blame.
@@ -47,6 +49,8 @@ pub struct EgressSource {
     /// Bound before connecting: to the destination, or to the proxy.
     pub source_address: Option<IpAddr>,
     pub proxy: Option<Proxy>,
+    /// `ha_proxy_server`: through HAProxy with a PROXY v2 header (never with `proxy`).
+    pub ha_proxy: Option<crate::egress::haproxy::HaProxy>,
     pub connect_timeout: Duration,
 }
 
@@ -72,6 +76,7 @@ impl fmt::Debug for EgressSource {
             .field("name", &self.name)
             .field("source_address", &self.source_address)
             .field("proxy", &self.proxy)
+            .field("ha_proxy", &self.ha_proxy)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }

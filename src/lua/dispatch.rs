@@ -181,7 +181,7 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
     }
 }
 
-/// `true` / `false` / `{ destination, source_address, egress_source }`.
+/// `true` / `false` / `{ destination, source_address, egress_source, send_proxy_protocol }`.
 fn request_verdict(lua: &Lua, ret: Value) -> crate::policy::events::RequestVerdict {
     let t = match ret {
         Value::Boolean(true) => return Ok(Overrides::default()),
@@ -229,9 +229,12 @@ fn request_verdict(lua: &Lua, ret: Value) -> crate::policy::events::RequestVerdi
                         .map_err(|e| bad(format!("egress_source: {e}")))?,
                 );
             }
+            "send_proxy_protocol" => {
+                over.send_proxy = Some(crate::lua::proxy_protocol::send_override(&v).map_err(bad)?);
+            }
             other => {
                 return Err(bad(format!(
-                    "unknown key '{other}' (known: destination, source_address, egress_source)"
+                    "unknown key '{other}' (known: destination, source_address, egress_source, send_proxy_protocol)"
                 )))
             }
         }
@@ -330,6 +333,7 @@ pub fn conn_meta_table(lua: &Lua, meta: &ConnMeta) -> mlua::Result<Table> {
     if let Some(who) = &meta.http_auth {
         t.set("http_auth", who.as_str())?;
     }
+    crate::lua::proxy_protocol::conn_meta_fields(lua, meta, &t)?;
 
     Ok(t)
 }
@@ -415,7 +419,10 @@ pub fn auth_info_from_table(t: &Table) -> Result<AuthInfo, String> {
         let p = permissions_from_value(&perms).map_err(|e| format!("permissions: {e}"))?;
         info.permissions = Some(Arc::new(p));
     }
-    (info.limits, info.limit_key) = crate::lua::limits::auth_limits(t)?;
+    let (spec, key) = crate::lua::limits::auth_limits(t)?;
+    if spec.is_some() || key.is_some() {
+        info.limits = Some(Arc::new(crate::policy::identity::UserLimits { spec, key }));
+    }
     Ok(info)
 }
 

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod listener;
 pub mod listener_params;
 pub mod params;
+pub mod proxy_protocol;
 pub mod pumping;
 
 use crate::host::runtime;

@@ -180,6 +180,8 @@ mod tests {
             local: LocalAddr(([127, 0, 0, 1], 1080).into()),
             tls_client: None,
             http_auth: None,
+            proxy_peer: None,
+            proxy_tlvs: None,
         })
     }
 

@@ -22,10 +22,17 @@ pub struct AuthInfo {
     pub groups: Vec<String>,
     /// The user's own destination rules, checked after the listener's.
     pub permissions: Option<Arc<Permissions>>,
-    /// The user's own `limits`, replacing the listener's defaults.
-    pub limits: Option<Arc<crate::policy::limits::LimitsSpec>>,
-    /// The bucket limits are counted in (default: the first identity).
-    pub limit_key: Option<String>,
+    /// The user's own `limits` and `limit_key`, when given. One pointer: every
+    /// session's handshake future holds AuthInfo values, and most have neither.
+    pub limits: Option<Arc<UserLimits>>,
+}
+
+/// An AuthInfo's `limits` (replacing the listener's) and `limit_key` (the
+/// bucket they count in; default: the first identity).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    pub spec: Option<Arc<crate::policy::limits::LimitsSpec>>,
+    pub key: Option<String>,
 }
 
 pub const CONTEXT_RFC1929: &str = "ProxyAuthRfc1929";
@@ -45,16 +52,21 @@ impl AuthInfo {
             groups: Vec::new(),
             permissions: None,
             limits: None,
-            limit_key: None,
         }
     }
 
     /// The bucket this principal's limits are counted in: `limit_key`, else the
     /// first identity (username, trusted peer IP, certificate name).
     pub fn limit_key(&self) -> Option<&str> {
-        self.limit_key
-            .as_deref()
+        self.limits
+            .as_ref()
+            .and_then(|l| l.key.as_deref())
             .or_else(|| self.identities.first().map(|i| i.identity.as_str()))
+    }
+
+    /// The AuthInfo's own limits spec, if any.
+    pub fn own_limits(&self) -> Option<&Arc<crate::policy::limits::LimitsSpec>> {
+        self.limits.as_ref().and_then(|l| l.spec.as_ref())
     }
 
     /// A short description for logs: the first identity.
@@ -100,6 +112,11 @@ pub struct ConnMeta {
     /// HTTP front-ends: who the request authenticated as (Basic user, or the
     /// peer address of a trusted host); `conn_meta.http_auth` in Lua.
     pub http_auth: Option<String>,
+    /// Through a load balancer (`proxy_protocol`): the balancer, while `peer`
+    /// is the client its PROXY header named. `conn_meta.proxy_peer_address`.
+    pub proxy_peer: Option<std::net::SocketAddr>,
+    /// The v2 header's TLVs (`conn_meta.proxy_tlvs`); `None` without one.
+    pub proxy_tlvs: Option<Arc<crate::proto::proxy_header::Tlvs>>,
 }
 
 /// Peers allowed to proceed without credentials. Default: loopback only, so a

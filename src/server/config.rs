@@ -60,6 +60,10 @@ pub struct Config {
     pub protocols: Protocols,
     /// `limits`: defaults for every identity (an AuthInfo's own replace them).
     pub limits: Option<Arc<crate::policy::limits::LimitsSpec>>,
+    /// `proxy_protocol = { from = {...} }`: balancers that send a PROXY header.
+    pub proxy_protocol: Option<crate::server::proxy_inbound::InboundConfig>,
+    /// `send_proxy_protocol`: a PROXY header to each destination.
+    pub send_proxy: Option<crate::proto::proxy_header::SendProxy>,
     /// Set by `start`: TCP_NODELAY and keepalive were set on the listening socket,
     /// and accepted sockets inherit them (Linux), so sessions skip those syscalls.
     pub sockopts_inherited: bool,
@@ -120,6 +124,8 @@ impl Config {
             permissions: Arc::new(crate::policy::permissions::Permissions::private_destinations()),
             allowed_source_addresses: None,
             limits: None,
+            proxy_protocol: None,
+            send_proxy: None,
             sockopts_inherited: false,
         }
     }
@@ -186,6 +192,7 @@ impl Shared {
             egress: self.config.egress.as_ref(),
             timeout: self.config.timeout,
             pump: &self.pump,
+            send_proxy: self.config.send_proxy,
         }
     }
 

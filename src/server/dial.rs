@@ -120,9 +120,35 @@ pub(crate) struct Dialed {
 /// `SessionError::Connect` carrying the reply code.
 pub(crate) async fn dial(
     plan: &Plan,
-    mut bound: Option<TcpSocket>,
+    bound: Option<TcpSocket>,
     shared: &Shared,
 ) -> Result<Dialed, SessionError> {
+    let (mut dialed, destination) = dial_only(plan, bound, shared).await?;
+    if let Some(send) = plan.send_proxy {
+        crate::server::proxy_inbound::send_header(
+            &mut dialed.stream,
+            send,
+            plan.client,
+            destination,
+            shared.config.timeout,
+        )
+        .await
+        .map_err(|reason| SessionError::Connect {
+            target: plan.target.to_string(),
+            code: reply::GENERAL_FAILURE,
+            reason,
+        })?;
+    }
+    Ok(dialed)
+}
+
+/// `dial` without the PROXY header; also returns the destination address
+/// the header names (`None` when an upstream proxy resolved a name).
+async fn dial_only(
+    plan: &Plan,
+    mut bound: Option<TcpSocket>,
+    shared: &Shared,
+) -> Result<(Dialed, Option<SocketAddr>), SessionError> {
     let mut timeout = shared.config.timeout;
     let mut source = plan.source;
     if let Some(egress) = &plan.egress {
@@ -138,10 +164,12 @@ pub(crate) async fn dial(
                 ),
             });
         }
-        if egress.proxy.is_some() {
+        if egress.proxy.is_some() || egress.ha_proxy.is_some() {
+            // HAProxy gets the checked address, not the name to resolve again.
+            let target = checked_target(egress, plan);
             // Boxed: upstream connects (TLS, a SOCKS5 handshake) are large futures
             // that would otherwise size every session's task.
-            let up = Box::pin(egress.connect(&plan.target, egress.connect_timeout))
+            let up = Box::pin(egress.connect(&target, egress.connect_timeout))
                 .await
                 .map_err(|e| SessionError::Connect {
                     target: plan.target.to_string(),
@@ -152,10 +180,17 @@ pub(crate) async fn dial(
                 Some(TargetAddr::Ip(a)) => *a,
                 _ => up.local,
             };
-            return Ok(Dialed {
-                stream: up.stream,
-                bound,
-            });
+            let destination = match target {
+                TargetAddr::Ip(a) => Some(a),
+                TargetAddr::Domain(..) => None,
+            };
+            return Ok((
+                Dialed {
+                    stream: up.stream,
+                    bound,
+                },
+                destination,
+            ));
         }
         source = egress.source_address;
         timeout = egress.connect_timeout;
@@ -168,8 +203,25 @@ pub(crate) async fn dial(
     let bound = remote
         .local_addr()
         .map_err(|e| SessionError::Io("reading bound address", e))?;
-    Ok(Dialed {
-        stream: EgressStream::Plain(remote),
-        bound,
-    })
+    let destination = remote.peer_addr().ok();
+    Ok((
+        Dialed {
+            stream: EgressStream::Plain(remote),
+            bound,
+        },
+        destination,
+    ))
+}
+
+/// The destination to hand `egress.connect` for a checked plan: through
+/// HAProxy, the first checked address of the source's family (so a name is
+/// not resolved again, possibly elsewhere); otherwise the plan's target.
+fn checked_target(egress: &crate::egress::EgressSource, plan: &Plan) -> TargetAddr {
+    if let Some(ha) = &egress.ha_proxy {
+        let v4 = ha.source_address.is_ipv4();
+        if let Some(a) = plan.addrs.iter().find(|a| a.is_ipv4() == v4) {
+            return TargetAddr::Ip(*a);
+        }
+    }
+    plan.target.clone()
 }

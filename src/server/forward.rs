@@ -49,7 +49,6 @@ async fn forward_one(
         up.stream,
         &[],
         shared,
-        None,
     )
     .await
     .map_err(|e| format!("relay ended: {e}"))

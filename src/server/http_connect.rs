@@ -274,7 +274,7 @@ pub async fn handle(
     };
     // Limits, once the request is allowed and before dialling: 429 + Retry-After.
     let limits = match Box::pin(crate::policy::limits::admit_session(
-        plan_auth.limits.as_ref(),
+        plan_auth.own_limits(),
         plan_auth.limit_key(),
         shared.config.limits.as_ref(),
         meta.peer.0.ip(),
@@ -309,9 +309,20 @@ pub async fn handle(
     };
     send(&mut io, t, b"HTTP/1.1 200 Connection established\r\n\r\n").await?;
     // Bytes the client sent behind the head (e.g. a TLS ClientHello) go first.
-    crate::server::relay::relay_any(io, remote, &buf[n..], shared, limits.as_deref())
-        .await
-        .map_err(SessionError::Relay)
+    let relayed = match limits {
+        None => crate::server::relay::relay_any(io, remote, &buf[n..], shared).await,
+        Some(l) => {
+            Box::pin(crate::server::relay_limited::relay_any_limited(
+                io,
+                remote,
+                &buf[n..],
+                shared,
+                l,
+            ))
+            .await
+        }
+    };
+    relayed.map_err(SessionError::Relay)
 }
 
 /// An error response, then a lingering close: stop writing and drain (bounded)

@@ -8,13 +8,7 @@
 //! Both directions run in one task. EOF on one side becomes a write shutdown on the
 //! other (half-close propagates); an error on either side ends both. The relay ends
 //! when nothing moved in either direction for the listener's `timeout`.
-//!
-//! Sessions with `limits` that shape or meter bytes (bandwidth, quota) ask their
-//! [`SessionLimits`] before each write (splice or copy) how much may go now; the
-//! answer comes from atomics and a timer, never from Lua or a lock. Sessions
-//! without such limits relay exactly as before.
 
-use crate::policy::limits::{Dir, SessionLimits};
 use crate::server::config::Shared;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,24 +18,24 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Last time either direction moved a byte, in ms since the relay started.
-struct Activity {
+pub(super) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
         }
     }
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }
     /// Resolves with TimedOut once `idle` passes with no activity.
-    async fn watchdog(&self, idle: Duration) -> io::Result<()> {
+    pub(super) async fn watchdog(&self, idle: Duration) -> io::Result<()> {
         loop {
             let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let deadline = last + idle;
@@ -63,7 +57,6 @@ pub async fn relay(
     mut remote: TcpStream,
     early: &[u8],
     shared: &Shared,
-    limits: Option<&SessionLimits>,
 ) -> io::Result<()> {
     let stats = &shared.stats;
     if !early.is_empty() {
@@ -71,9 +64,6 @@ pub async fn relay(
         stats
             .bytes_to_remote
             .fetch_add(early.len() as u64, Ordering::Relaxed);
-        if let Some(l) = limits {
-            l.count(Dir::Up, early.len() as u64);
-        }
     }
     #[cfg(target_os = "linux")]
     if shared.config.use_splice {
@@ -82,22 +72,8 @@ pub async fn relay(
         let pool = pipes();
         let both = async {
             tokio::try_join!(
-                splice::one_way(
-                    &client,
-                    &remote,
-                    to_remote,
-                    &activity,
-                    pool,
-                    limits.map(|l| (l, Dir::Up))
-                ),
-                splice::one_way(
-                    &remote,
-                    &client,
-                    to_client,
-                    &activity,
-                    pool,
-                    limits.map(|l| (l, Dir::Down))
-                ),
+                splice::one_way(&client, &remote, to_remote, &activity, pool),
+                splice::one_way(&remote, &client, to_client, &activity, pool),
             )
         };
         return tokio::select! {
@@ -107,7 +83,7 @@ pub async fn relay(
     }
     // Boxed: the userspace copy's state is larger than splice's, and every relay's
     // future is as large as its largest path (an idle relay's memory is mostly that).
-    Box::pin(copy_both(client, remote, shared, limits)).await
+    Box::pin(copy_both(client, remote, shared)).await
 }
 
 /// `relay` without splice: userspace copy over the borrowed halves.
@@ -115,7 +91,6 @@ async fn copy_both(
     mut client: TcpStream,
     mut remote: TcpStream,
     shared: &Shared,
-    limits: Option<&SessionLimits>,
 ) -> io::Result<()> {
     let stats = &shared.stats;
     let activity = Activity::new();
@@ -123,20 +98,8 @@ async fn copy_both(
     let (mut rr, mut rw) = remote.split();
     let both = async {
         tokio::try_join!(
-            copy_one_way(
-                &mut cr,
-                &mut rw,
-                &stats.bytes_to_remote,
-                &activity,
-                limits.map(|l| (l, Dir::Up))
-            ),
-            copy_one_way(
-                &mut rr,
-                &mut cw,
-                &stats.bytes_to_client,
-                &activity,
-                limits.map(|l| (l, Dir::Down))
-            ),
+            copy_one_way(&mut cr, &mut rw, &stats.bytes_to_remote, &activity),
+            copy_one_way(&mut rr, &mut cw, &stats.bytes_to_client, &activity),
         )
     };
     tokio::select! {
@@ -152,14 +115,13 @@ pub async fn relay_any(
     remote: crate::egress::EgressStream,
     early: &[u8],
     shared: &Shared,
-    limits: Option<&SessionLimits>,
 ) -> io::Result<()> {
     use crate::host::stream::MaybeTls::Plain;
     match (client, remote) {
-        (Plain(c), Plain(r)) => relay(c, r, early, shared, limits).await,
+        (Plain(c), Plain(r)) => relay(c, r, early, shared).await,
         // TLS relays hold whole TLS streams: boxed, so they do not grow every
         // session's future (an idle plain relay pays only for what it uses).
-        (c, r) => Box::pin(relay_streams(c, r, early, shared, limits)).await,
+        (c, r) => Box::pin(relay_streams(c, r, early, shared)).await,
     }
 }
 
@@ -170,7 +132,6 @@ pub async fn relay_streams<C, R>(
     mut remote: R,
     early: &[u8],
     shared: &Shared,
-    limits: Option<&SessionLimits>,
 ) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -182,29 +143,14 @@ where
         stats
             .bytes_to_remote
             .fetch_add(early.len() as u64, Ordering::Relaxed);
-        if let Some(l) = limits {
-            l.count(Dir::Up, early.len() as u64);
-        }
     }
     let activity = Activity::new();
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut rr, mut rw) = tokio::io::split(remote);
     let both = async {
         tokio::try_join!(
-            copy_one_way(
-                &mut cr,
-                &mut rw,
-                &stats.bytes_to_remote,
-                &activity,
-                limits.map(|l| (l, Dir::Up))
-            ),
-            copy_one_way(
-                &mut rr,
-                &mut cw,
-                &stats.bytes_to_client,
-                &activity,
-                limits.map(|l| (l, Dir::Down))
-            ),
+            copy_one_way(&mut cr, &mut rw, &stats.bytes_to_remote, &activity),
+            copy_one_way(&mut rr, &mut cw, &stats.bytes_to_client, &activity),
         )
     };
     tokio::select! {
@@ -220,7 +166,6 @@ async fn copy_one_way<R, W>(
     w: &mut W,
     counter: &AtomicU64,
     activity: &Activity,
-    limits: Option<(&SessionLimits, Dir)>,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -244,33 +189,11 @@ where
             w.shutdown().await.or_else(ignore_not_connected)?;
             return Ok(());
         }
-        let data: &[u8] = if buf.is_empty() {
-            &small[..n]
-        } else {
-            &buf[..n]
-        };
-        match limits {
-            Some((l, dir)) if l.meters_bytes() => {
-                // Shaped or metered: write what the limits allow, wait for the rest.
-                let mut off = 0;
-                while off < n {
-                    let ok = l.permit(dir, n - off).await.map_err(cut)?;
-                    let r = w.write_all(&data[off..off + ok]).await;
-                    l.record(dir, ok, if r.is_ok() { ok } else { 0 });
-                    r?;
-                    off += ok;
-                    activity.touch();
-                }
-            }
-            _ => {
-                w.write_all(data).await?;
-                if let Some((l, dir)) = limits {
-                    l.count(dir, n as u64);
-                }
-            }
-        }
         if buf.is_empty() {
+            w.write_all(&small[..n]).await?;
             buf = vec![0u8; BUF];
+        } else {
+            w.write_all(&buf[..n]).await?;
         }
         counter.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
@@ -295,7 +218,7 @@ impl PipePool {
 static PIPES: crate::host::runtime::PerProcess<PipePool> = crate::host::runtime::PerProcess::new();
 
 /// This process's idle splice pipes.
-fn pipes() -> &'static PipePool {
+pub(super) fn pipes() -> &'static PipePool {
     PIPES.get_or_init(PipePool::default)
 }
 
@@ -304,12 +227,7 @@ pub fn pooled_pipes() -> usize {
     pipes().len()
 }
 
-/// A quota cut as the relay's error; the session's log line says why.
-fn cut(c: crate::policy::limits::Cut) -> io::Error {
-    io::Error::other(c)
-}
-
-fn ignore_not_connected(e: io::Error) -> io::Result<()> {
+pub(super) fn ignore_not_connected(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::NotConnected {
         Ok(())
     } else {
@@ -318,9 +236,8 @@ fn ignore_not_connected(e: io::Error) -> io::Result<()> {
 }
 
 #[cfg(target_os = "linux")]
-mod splice {
-    use super::{cut, ignore_not_connected, Activity};
-    use crate::policy::limits::{Dir, SessionLimits};
+pub(super) mod splice {
+    use super::{ignore_not_connected, Activity};
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -331,13 +248,13 @@ mod splice {
     /// Bytes asked of the kernel per splice call, and the pipe size we request
     /// (the default pipe-max-size). Against 256 KiB it bought 1.05-1.24x the
     /// throughput at 0.66-0.75x the CPU per GB (docs/benchmarks.md).
-    const PIPE_SIZE: usize = 1024 * 1024;
+    pub(in crate::server) const PIPE_SIZE: usize = 1024 * 1024;
     /// Idle pipes kept for reuse; beyond this they are closed.
     const POOL_MAX: usize = 256;
 
     pub struct Pipe {
-        r: OwnedFd,
-        w: OwnedFd,
+        pub(in crate::server) r: OwnedFd,
+        pub(in crate::server) w: OwnedFd,
     }
 
     /// Idle pipes of this process. It lives in a `PerProcess` cell, so a forked
@@ -350,7 +267,7 @@ mod splice {
             self.0.lock().unwrap().len()
         }
 
-        fn take(&self) -> io::Result<Pipe> {
+        pub(in crate::server) fn take(&self) -> io::Result<Pipe> {
             if let Some(p) = self.0.lock().unwrap().pop() {
                 return Ok(p);
             }
@@ -358,7 +275,7 @@ mod splice {
         }
 
         /// Only empty pipes go back; one holding bytes is closed with them.
-        fn give_back(&self, p: Pipe) {
+        pub(in crate::server) fn give_back(&self, p: Pipe) {
             let mut pool = self.0.lock().unwrap();
             if pool.len() < POOL_MAX {
                 pool.push(p);
@@ -389,7 +306,7 @@ mod splice {
         Ok(p)
     }
 
-    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    pub(in crate::server) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         let n = unsafe {
             libc::splice(
                 from,
@@ -413,10 +330,7 @@ mod splice {
         counter: &AtomicU64,
         activity: &Activity,
         pool: &PipePool,
-        limits: Option<(&SessionLimits, Dir)>,
     ) -> io::Result<()> {
-        // Only shaped/metered sessions ask before writing; the rest splice freely.
-        let metered = limits.filter(|(l, _)| l.meters_bytes());
         loop {
             src.readable().await?;
             let pipe = pool.take()?;
@@ -442,37 +356,18 @@ mod splice {
             };
             let mut left = n;
             while left > 0 {
-                // How much of what the pipe holds may go now (all, unless shaped).
-                let allowed = match metered {
-                    Some((l, dir)) => l.permit(dir, left).await.map_err(cut)?,
-                    None => left,
-                };
-                let mut part = allowed;
-                while part > 0 {
-                    dst.writable().await?;
-                    match dst.try_io(Interest::WRITABLE, || {
-                        splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), part)
-                    }) {
-                        Ok(m) => {
-                            part -= m;
-                            left -= m;
-                            counter.fetch_add(m as u64, Ordering::Relaxed);
-                            activity.touch();
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        // `pipe` still holds bytes: dropping it closes it.
-                        Err(e) => {
-                            if let Some((l, dir)) = metered {
-                                l.record(dir, allowed, allowed - part);
-                            }
-                            return Err(e);
-                        }
+                dst.writable().await?;
+                match dst.try_io(Interest::WRITABLE, || {
+                    splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), left)
+                }) {
+                    Ok(m) => {
+                        left -= m;
+                        counter.fetch_add(m as u64, Ordering::Relaxed);
+                        activity.touch();
                     }
-                }
-                match (metered, limits) {
-                    (Some((l, dir)), _) => l.record(dir, allowed, allowed),
-                    (None, Some((l, dir))) => l.count(dir, allowed as u64),
-                    (None, None) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // `pipe` still holds bytes: dropping it closes it.
+                    Err(e) => return Err(e),
                 }
             }
             pool.give_back(pipe);

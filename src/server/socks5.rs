@@ -181,22 +181,20 @@ pub(crate) async fn handle(
                         Ok(p) => p,
                         Err(r) => return Err(refuse(&mut conn, r, &req.target).await),
                     };
-                // Limits are checked once the request is known to be allowed,
-                // before anything is dialled. Boxed: a fleet admission awaits Redis.
-                let limits = match Box::pin(crate::policy::limits::admit_session(
-                    auth.limits.as_ref(),
-                    auth.limit_key(),
-                    shared.config.limits.as_ref(),
-                    meta.peer.0.ip(),
-                ))
-                .await
+                if crate::policy::limits::applies(auth.own_limits(), shared.config.limits.as_ref())
                 {
-                    Ok(l) => l,
-                    Err((key, r)) => {
-                        conn.reply(&Reply::failure(reply::NOT_ALLOWED)).await?;
-                        return Err(SessionError::Limited(r.describe(&key)));
-                    }
-                };
+                    // Boxed: admission and a limited relay would otherwise size
+                    // every session's future, limited or not.
+                    return Box::pin(connect_limited(
+                        conn,
+                        plan,
+                        bound.take(),
+                        &auth,
+                        meta,
+                        shared,
+                    ))
+                    .await;
+                }
                 let dialed = match dial(&plan, bound.take(), shared).await {
                     Ok(d) => d,
                     Err(e) => {
@@ -216,15 +214,9 @@ pub(crate) async fn handle(
                 let Framed { io, mut buf, .. } = conn;
                 // Usually empty: free the frame buffer so an idle relay does not hold it.
                 buf.shrink_to_fit();
-                return crate::server::relay::relay_any(
-                    io,
-                    dialed.stream,
-                    &buf,
-                    shared,
-                    limits.as_deref(),
-                )
-                .await
-                .map_err(SessionError::Relay);
+                return crate::server::relay::relay_any(io, dialed.stream, &buf, shared)
+                    .await
+                    .map_err(SessionError::Relay);
             }
             Command::UdpAssociate => {
                 conn.reply(&Reply::failure(reply::COMMAND_NOT_SUPPORTED))
@@ -319,6 +311,63 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             trusted,
             cert_name.as_deref().unwrap_or("none")
         ))),
+    }
+}
+
+/// CONNECT for a session whose identity has limits: admission (reply 0x02 when
+/// refused, before anything is dialled), then the same dial and replies as an
+/// unlimited session, then the limited relay, which owns the admission.
+async fn connect_limited(
+    mut conn: Framed<ClientStream>,
+    plan: policy::Plan,
+    bound: Option<TcpSocket>,
+    auth: &crate::policy::identity::AuthInfo,
+    meta: &Arc<ConnMeta>,
+    shared: &Shared,
+) -> Result<(), SessionError> {
+    let limits = match crate::policy::limits::admit_session(
+        auth.own_limits(),
+        auth.limit_key(),
+        shared.config.limits.as_ref(),
+        meta.peer.0.ip(),
+    )
+    .await
+    {
+        Ok(Some(l)) => l,
+        Ok(None) => unreachable!("connect_limited is only called when limits apply"),
+        Err((key, r)) => return Err(refuse_limited(&mut conn, r.describe(&key)).await),
+    };
+    let dialed = match dial(&plan, bound, shared).await {
+        Ok(d) => d,
+        Err(e) => {
+            if let SessionError::Connect { code, .. } = &e {
+                conn.reply(&Reply::failure(*code)).await?;
+            }
+            return Err(e);
+        }
+    };
+    conn.reply(&Reply::success(dialed.bound)).await?;
+    tracing::debug!(
+        "session from {}: connected to {} from {} (with limits)",
+        meta.peer,
+        plan.target,
+        dialed.bound
+    );
+    let Framed { io, mut buf, .. } = conn;
+    buf.shrink_to_fit();
+    crate::server::relay_limited::relay_any_limited(io, dialed.stream, &buf, shared, limits)
+        .await
+        .map_err(SessionError::Relay)
+}
+
+/// Reply 0x02 for a session refused by its limits; the error carries why.
+async fn refuse_limited<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Framed<S>,
+    why: String,
+) -> SessionError {
+    match conn.reply(&Reply::failure(reply::NOT_ALLOWED)).await {
+        Ok(()) => SessionError::Limited(why),
+        Err(e) => e,
     }
 }
 

@@ -88,6 +88,12 @@ impl std::error::Error for Cut {}
 /// The limits of one session: the AuthInfo's own, else the listener's
 /// defaults; `None` when neither limits anything (the session skips the limiter).
 /// `Err` carries the (escaped) key and why, for the session's log line.
+/// Whether a session with these limits (its own, else the listener's) goes
+/// through the limiter at all.
+pub fn applies(own: Option<&Arc<LimitsSpec>>, defaults: Option<&Arc<LimitsSpec>>) -> bool {
+    own.or(defaults).is_some_and(|s| !s.is_empty())
+}
+
 /// `own`/`key`: the AuthInfo's `limits` and `limit_key()`; `peer` is the key of
 /// a session with no identity.
 pub async fn admit_session(
@@ -487,7 +493,8 @@ impl SessionLimits {
     }
 
     /// The common case without waiting: budget left and tokens in the bucket.
-    fn try_permit(&self, dir: Dir, want: usize) -> Result<Option<usize>, Cut> {
+    /// `Ok(None)`: wait with [`permit_slow`](Self::permit_slow).
+    pub fn try_permit(&self, dir: Dir, want: usize) -> Result<Option<usize>, Cut> {
         let mut n = want;
         if let Some(q) = &self.quota {
             if !q.unmetered.load(Relaxed) {
@@ -534,7 +541,8 @@ impl SessionLimits {
         Ok(Some(n))
     }
 
-    async fn permit_slow(&self, dir: Dir, want: usize) -> Result<usize, Cut> {
+    /// [`permit`](Self::permit) when [`try_permit`](Self::try_permit) said wait.
+    pub async fn permit_slow(&self, dir: Dir, want: usize) -> Result<usize, Cut> {
         let mut n = want;
         if let Some(q) = &self.quota {
             n = self.reserve(q, want).await?;
