@@ -12,3 +12,4 @@ pub mod signals;
 pub mod stats;
 pub mod stream;
 pub mod tls;
+pub mod udp;

@@ -55,6 +55,9 @@ impl UserData for LuaListener {
             for (k, v) in this.shared.stats.snapshot() {
                 t.set(k, v)?;
             }
+            for (k, v) in this.shared.udp.snapshot() {
+                t.set(k, v)?;
+            }
             t.set(
                 "accepting",
                 this.shared

@@ -7,7 +7,7 @@
 //!
 //! Files, lowest first: `params` (parameter tables), `dispatch` (answering
 //! events with Lua handlers), `egress_source`, `listener_params`, `pumping`
-//! (run/poll/run_until/run_command), `listener`, `egress`, `http`, `embed`.
+//! (run/poll/run_until/run_command), `listener`, `egress`, `udp` (UDP parameters and association objects), `http`, `embed`.
 
 pub mod dispatch;
 pub mod egress;
@@ -20,6 +20,7 @@ pub mod listener_params;
 pub mod params;
 pub mod proxy_protocol;
 pub mod pumping;
+pub mod udp;
 
 use crate::host::runtime;
 use crate::lua::dispatch::handlers;

@@ -60,6 +60,8 @@ pub struct Config {
     pub protocols: Protocols,
     /// `limits`: defaults for every identity (an AuthInfo's own replace them).
     pub limits: Option<Arc<crate::policy::limits::LimitsSpec>>,
+    /// `udp = true` and its settings; `None`: UDP ASSOCIATE is refused (0x07).
+    pub udp: Option<crate::server::udp::UdpListenerConfig>,
     /// `proxy_protocol = { from = {...} }`: balancers that send a PROXY header.
     pub proxy_protocol: Option<crate::server::proxy_inbound::InboundConfig>,
     /// `send_proxy_protocol`: a PROXY header to each destination.
@@ -127,6 +129,7 @@ impl Config {
             proxy_protocol: None,
             send_proxy: None,
             sockopts_inherited: false,
+            udp: None,
         }
     }
 }
@@ -136,6 +139,8 @@ pub struct Shared {
     pub config: Config,
     pub local_addr: SocketAddr,
     pub stats: Stats,
+    /// UDP ASSOCIATE counters (all zero without `udp = true`).
+    pub udp: Arc<crate::server::udp::UdpCounters>,
     pub pump: Arc<Pump>,
     /// Cancelled by `close()`/shutdown: stop accepting; sessions go on.
     pub closing: CancellationToken,
@@ -162,6 +167,7 @@ impl Shared {
             auth,
             local_addr,
             stats: Stats::default(),
+            udp: Arc::default(),
             pump,
             closing: CancellationToken::new(),
             abort: CancellationToken::new(),

@@ -16,3 +16,5 @@ pub mod relay_limited;
 pub mod session;
 pub mod socks5;
 pub mod status;
+pub mod udp;
+pub mod udp_session;

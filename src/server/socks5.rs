@@ -219,11 +219,16 @@ pub(crate) async fn handle(
                     .map_err(SessionError::Relay);
             }
             Command::UdpAssociate => {
-                conn.reply(&Reply::failure(reply::COMMAND_NOT_SUPPORTED))
-                    .await?;
-                return Err(SessionError::Refused(
-                    "UDP ASSOCIATE is not supported".into(),
-                ));
+                let Framed { io, .. } = conn;
+                // Boxed: the association's state would otherwise size every session.
+                return Box::pin(crate::server::udp_session::associate(
+                    io,
+                    &req.target,
+                    &auth,
+                    meta,
+                    shared,
+                ))
+                .await;
             }
         }
     }

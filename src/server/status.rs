@@ -389,6 +389,7 @@ async fn respond(
                         .stats
                         .snapshot()
                         .into_iter()
+                        .chain(l.udp.snapshot())
                         .map(|(k, v)| (k.to_string(), v.into()))
                         .collect();
                     // Egress forwarders share the accept loop; they speak no protocol.
