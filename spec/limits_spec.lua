@@ -300,7 +300,8 @@ describe('limits: fleet scope on Redis, two processes', function()
       return s
     end, 10, 'admitted after the crash')
     local took = socket.gettime() - t0
-    assert.truthy(took <= 2.5, 'leases outlived their ttl: ' .. took)
+    -- lease_ttl (2 s), plus slack for polling on a busy machine
+    assert.truthy(took <= 3, 'leases outlived their ttl: ' .. took)
     -- live sessions are renewed: b's lease still counts after several ttls
     local s2 = assert(socks(b.addr, 'alice', '127.0.0.1', origin.echo))
     kp.run_until(5)

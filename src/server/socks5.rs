@@ -338,8 +338,7 @@ async fn connect_limited(
     )
     .await
     {
-        Ok(Some(l)) => l,
-        Ok(None) => unreachable!("connect_limited is only called when limits apply"),
+        Ok(l) => l,
         Err((key, r)) => return Err(refuse_limited(&mut conn, r.describe(&key)).await),
     };
     let dialed = match dial(&plan, bound, shared).await {
@@ -360,9 +359,14 @@ async fn connect_limited(
     );
     let Framed { io, mut buf, .. } = conn;
     buf.shrink_to_fit();
-    crate::server::relay_limited::relay_any_limited(io, dialed.stream, &buf, shared, limits)
-        .await
-        .map_err(SessionError::Relay)
+    match limits {
+        Some(l) => {
+            crate::server::relay_limited::relay_any_limited(io, dialed.stream, &buf, shared, l)
+                .await
+        }
+        None => crate::server::relay::relay_any(io, dialed.stream, &buf, shared).await,
+    }
+    .map_err(SessionError::Relay)
 }
 
 /// Reply 0x02 for a session refused by its limits; the error carries why.
