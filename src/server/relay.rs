@@ -19,24 +19,24 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Last time either direction moved a byte, in ms since the relay started.
-struct Activity {
+pub(super) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
         }
     }
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }
     /// Resolves with TimedOut once `idle` passes with no activity.
-    async fn watchdog(&self, idle: Duration) -> io::Result<()> {
+    pub(super) async fn watchdog(&self, idle: Duration) -> io::Result<()> {
         loop {
             let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let deadline = last + idle;
@@ -89,7 +89,7 @@ pub async fn relay(
 
 /// Bytes moved: the listener's counter and the session's (access log, live sessions).
 #[inline]
-fn count(listener: &AtomicU64, session: &AtomicU64, n: usize) {
+pub(crate) fn count(listener: &AtomicU64, session: &AtomicU64, n: usize) {
     listener.fetch_add(n as u64, Ordering::Relaxed);
     session.fetch_add(n as u64, Ordering::Relaxed);
 }
@@ -247,7 +247,7 @@ impl PipePool {
 static PIPES: crate::host::runtime::PerProcess<PipePool> = crate::host::runtime::PerProcess::new();
 
 /// This process's idle splice pipes.
-fn pipes() -> &'static PipePool {
+pub(super) fn pipes() -> &'static PipePool {
     PIPES.get_or_init(PipePool::default)
 }
 
@@ -256,7 +256,7 @@ pub fn pooled_pipes() -> usize {
     pipes().len()
 }
 
-fn ignore_not_connected(e: io::Error) -> io::Result<()> {
+pub(super) fn ignore_not_connected(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::NotConnected {
         Ok(())
     } else {
@@ -265,7 +265,7 @@ fn ignore_not_connected(e: io::Error) -> io::Result<()> {
 }
 
 #[cfg(target_os = "linux")]
-mod splice {
+pub(super) mod splice {
     use super::{ignore_not_connected, Activity};
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -277,13 +277,13 @@ mod splice {
     /// Bytes asked of the kernel per splice call, and the pipe size we request
     /// (the default pipe-max-size). Against 256 KiB it bought 1.05-1.24x the
     /// throughput at 0.66-0.75x the CPU per GB (docs/benchmarks.md).
-    const PIPE_SIZE: usize = 1024 * 1024;
+    pub(in crate::server) const PIPE_SIZE: usize = 1024 * 1024;
     /// Idle pipes kept for reuse; beyond this they are closed.
     const POOL_MAX: usize = 256;
 
     pub struct Pipe {
-        r: OwnedFd,
-        w: OwnedFd,
+        pub(in crate::server) r: OwnedFd,
+        pub(in crate::server) w: OwnedFd,
     }
 
     /// Idle pipes of this process. It lives in a `PerProcess` cell, so a forked
@@ -296,7 +296,7 @@ mod splice {
             self.0.lock().unwrap().len()
         }
 
-        fn take(&self) -> io::Result<Pipe> {
+        pub(in crate::server) fn take(&self) -> io::Result<Pipe> {
             if let Some(p) = self.0.lock().unwrap().pop() {
                 return Ok(p);
             }
@@ -304,7 +304,7 @@ mod splice {
         }
 
         /// Only empty pipes go back; one holding bytes is closed with them.
-        fn give_back(&self, p: Pipe) {
+        pub(in crate::server) fn give_back(&self, p: Pipe) {
             let mut pool = self.0.lock().unwrap();
             if pool.len() < POOL_MAX {
                 pool.push(p);
@@ -335,7 +335,7 @@ mod splice {
         Ok(p)
     }
 
-    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    pub(in crate::server) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         let n = unsafe {
             libc::splice(
                 from,

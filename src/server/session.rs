@@ -115,6 +115,13 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
                 Stats::inc(&stats.denied);
             }
             match e {
+                // A quota cut is a decision worth a warning, not a routine reset.
+                SessionError::Relay(ref e)
+                    if e.get_ref()
+                        .is_some_and(|c| c.is::<crate::policy::limits::Cut>()) =>
+                {
+                    tracing::warn!("session from {peer} ended: {e}")
+                }
                 // Client resets mid-transfer are routine; keep them out of warn.
                 SessionError::Relay(_) | SessionError::ClientClosed(_) => {
                     tracing::info!("session from {peer} failed: {e}")
