@@ -3,7 +3,11 @@
 //! Plain TCP on Linux: splice(2) socket -> pipe -> socket, no copy through user
 //! space. Pipes come from a process-wide pool and are held only while bytes are in
 //! flight, so an idle relay costs its two sockets and nothing else (HAProxy's
-//! approach). Elsewhere, or with `use_splice = false`: a userspace copy.
+//! approach). Each direction starts with a plain recv/send copy and switches to
+//! splice once it has carried `SPLICE_AFTER` bytes, as HAProxy does: most
+//! connections are short and never get there, and for them a copy is cheaper
+//! than taking a pipe and two splices per chunk. Elsewhere, or with
+//! `use_splice = false`: a userspace copy.
 //!
 //! Both directions run in one task. EOF on one side becomes a write shutdown on the
 //! other (half-close propagates); an error on either side ends both. The relay ends
@@ -69,11 +73,10 @@ pub async fn relay(
     if shared.config.use_splice {
         let activity = Activity::new();
         let (to_remote, to_client) = (&stats.bytes_to_remote, &stats.bytes_to_client);
-        let pool = pipes();
         let both = async {
             tokio::try_join!(
-                splice::one_way(&client, &remote, to_remote, &activity, pool),
-                splice::one_way(&remote, &client, to_client, &activity, pool),
+                splice::one_way(&client, &remote, to_remote, &activity),
+                splice::one_way(&remote, &client, to_client, &activity),
             )
         };
         return tokio::select! {
@@ -324,13 +327,113 @@ mod splice {
         }
     }
 
+    /// Bytes one direction copies through user space before it switches to
+    /// splice. Short flows (the SOCKS exchange's tail, SMTP commands, TLS
+    /// handshakes) stay below it and never touch a pipe; a bulk flow pays for
+    /// four 16 KiB copies, then splices.
+    pub const SPLICE_AFTER: u64 = 64 * 1024;
+    /// The copy phase's buffer: on the stack of a synchronous step, never in the
+    /// relay's future (an idle relay holds no buffer).
+    const COPY_CHUNK: usize = 16 * 1024;
+
+    enum Step {
+        /// Read and written: n bytes.
+        Copied(usize),
+        /// Read n bytes, but only part went out: the rest waits for `dst`.
+        Partial(usize, Vec<u8>),
+        Eof,
+        WouldBlock,
+    }
+
+    /// One recv from `src` and as much of it as `dst` takes now, without waiting.
+    fn copy_step(src: &TcpStream, dst: &TcpStream) -> io::Result<Step> {
+        // Uninitialised: zeroing 16 KiB per call cost more than the whole
+        // session's own code (callgrind). recv writes the first n bytes, and
+        // only those are read.
+        let mut buf = std::mem::MaybeUninit::<[u8; COPY_CHUNK]>::uninit();
+        let ptr = buf.as_mut_ptr().cast::<u8>();
+        let mut short = None;
+        let r = src.try_io(Interest::READABLE, || {
+            let n = unsafe { libc::recv(src.as_raw_fd(), ptr.cast(), COPY_CHUNK, 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = n as usize;
+            if n > 0 && n < COPY_CHUNK {
+                // A short read drained the socket (epoll is edge-triggered):
+                // report WouldBlock so tokio clears the readiness now, instead
+                // of a second recv finding EAGAIN. tokio's own poll_read does
+                // the same; readiness set again since is kept (tick check).
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match (r, short) {
+            (_, Some(n)) => n,
+            (Ok(0), None) => return Ok(Step::Eof),
+            (Ok(n), None) => n,
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::WouldBlock),
+            (Err(e), None) => return Err(e),
+        };
+        // SAFETY: recv initialised the first n bytes (n <= COPY_CHUNK).
+        let buf: &[u8] = unsafe { std::slice::from_raw_parts(ptr, n) };
+        let mut off = 0;
+        while off < n {
+            match dst.try_write(&buf[off..n]) {
+                Ok(m) => off += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Step::Partial(off, buf[off..n].to_vec()))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Step::Copied(n))
+    }
+
     pub async fn one_way(
         src: &TcpStream,
         dst: &TcpStream,
         counter: &AtomicU64,
         activity: &Activity,
-        pool: &PipePool,
     ) -> io::Result<()> {
+        // Copy phase: short flows end here without a pipe (see SPLICE_AFTER).
+        let mut copied: u64 = 0;
+        while copied < SPLICE_AFTER {
+            src.readable().await?;
+            let (written, rest) = match copy_step(src, dst)? {
+                Step::WouldBlock => continue,
+                Step::Eof => {
+                    socket2::SockRef::from(dst)
+                        .shutdown(std::net::Shutdown::Write)
+                        .or_else(ignore_not_connected)?;
+                    return Ok(());
+                }
+                Step::Copied(n) => (n, Vec::new()),
+                Step::Partial(n, rest) => (n, rest),
+            };
+            if written > 0 {
+                counter.fetch_add(written as u64, Ordering::Relaxed);
+                activity.touch();
+            }
+            copied += written as u64;
+            let mut rest = &rest[..];
+            while !rest.is_empty() {
+                dst.writable().await?;
+                match dst.try_write(rest) {
+                    Ok(m) => {
+                        rest = &rest[m..];
+                        copied += m as u64;
+                        counter.fetch_add(m as u64, Ordering::Relaxed);
+                        activity.touch();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        // Splice phase: this flow is bulk. The pool is looked up only now.
+        let pool = super::pipes();
         loop {
             src.readable().await?;
             let pipe = pool.take()?;

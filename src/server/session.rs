@@ -18,18 +18,29 @@ use tokio::net::TcpStream;
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _active = crate::host::stats::ActiveGuard(&shared.stats);
     // `proxy_protocol`: from a balancer, the client is whom its header names.
-    // Boxed: only the header read needs this state.
+    // Boxed: only the header read needs this state, and only connections that
+    // must send a header pay for the allocation.
+    let accepted = if crate::server::proxy_accept::expects(&shared, peer) {
+        Box::pin(crate::server::proxy_accept::accept(
+            &mut stream,
+            peer,
+            &shared,
+        ))
+        .await
+    } else {
+        Some(crate::server::proxy_accept::Accepted {
+            peer,
+            proxy_peer: None,
+            tlvs: None,
+            slot: None,
+        })
+    };
     let Some(crate::server::proxy_accept::Accepted {
         peer,
         proxy_peer,
         tlvs: proxy_tlvs,
         slot: _slot,
-    }) = Box::pin(crate::server::proxy_accept::accept(
-        &mut stream,
-        peer,
-        &shared,
-    ))
-    .await
+    }) = accepted
     else {
         return;
     };
