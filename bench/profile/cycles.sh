@@ -54,9 +54,10 @@ case $mode in
     strace) : ;;  # strace counts everything: warm-up is subtracted below
 esac
 cpu() { awk '{print $14 + $15}' "/proc/$lpid/stat"; }
-t0=$(cpu)
+ut() { awk '{print $14}' "/proc/$lpid/stat"; }
+t0=$(cpu) u0=$(ut)
 python3 bench/profile/cycles.py "$proxy" "$echo" "$n" "$conc"
-t1=$(cpu)
+t1=$(cpu) u1=$(ut)
 case $mode in
     callgrind)
         callgrind_control -d "$lpid" >/dev/null 2>&1
@@ -67,7 +68,8 @@ case $mode in
         ;;
     cpu)
         hz=$(getconf CLK_TCK)
-        echo "RESULT mode=cpu cycles=$n concurrency=$conc proxy_cpu_us_per_cycle=$(( (t1 - t0) * 1000000 / hz / n ))"
+        echo "RESULT mode=cpu cycles=$n concurrency=$conc proxy_cpu_us_per_cycle=$(( (t1 - t0) * 1000000 / hz / n ))" \
+            "user_us=$(( (u1 - u0) * 1000000 / hz / n )) system_us=$(( (t1 - t0 - u1 + u0) * 1000000 / hz / n ))"
         ;;
 esac
 # SIGTERM to the interpreter itself: run() returns, the process exits normally

@@ -20,7 +20,14 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     // `proxy_protocol`: from a balancer, the client is whom its header names.
     // Boxed: only the header read needs this state, and only connections that
     // must send a header pay for the allocation.
-    let accepted = if crate::server::proxy_accept::expects(&shared, peer) {
+    // One expression, not a variable: a moved-from local would keep its
+    // bytes in the session's future for the whole session.
+    let Some(crate::server::proxy_accept::Accepted {
+        peer,
+        proxy_peer,
+        tlvs: proxy_tlvs,
+        slot: _slot,
+    }) = (if crate::server::proxy_accept::expects(&shared, peer) {
         Box::pin(crate::server::proxy_accept::accept(
             &mut stream,
             peer,
@@ -34,13 +41,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
             tlvs: None,
             slot: None,
         })
-    };
-    let Some(crate::server::proxy_accept::Accepted {
-        peer,
-        proxy_peer,
-        tlvs: proxy_tlvs,
-        slot: _slot,
-    }) = accepted
+    })
     else {
         return;
     };
