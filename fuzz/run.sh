@@ -6,8 +6,9 @@
 #   bash fuzz/run.sh ... TARGET...   only these targets
 #
 # Targets: greeting, userpass, request, reply (the socks5.rs codecs), http_head
-# (http_connect.rs: request head, CONNECT target, Basic credentials) and session
-# (a whole server session over an in-memory stream). Inputs start from the
+# (http_connect.rs: request head, CONNECT target, Basic credentials), session
+# (a whole server session over an in-memory stream) and client_text (the log
+# escaping of client bytes, logging.rs). Inputs start from the
 # committed corpus fuzz/corpus/TARGET; new inputs go to fuzz/work/TARGET and
 # crashes to fuzz/artifacts/TARGET/ (both ignored by git).
 #
@@ -35,7 +36,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     mode=(-max_total_time="$1")
     shift
 fi
-all_targets="greeting userpass request reply http_head session"
+all_targets="greeting userpass request reply http_head session client_text"
 targets=${*:-$all_targets}
 
 triple=$(rustc -vV | sed -n 's/^host: //p')

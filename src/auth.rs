@@ -44,10 +44,12 @@ impl AuthInfo {
         }
     }
 
-    /// A short description for logs: the first identity.
+    /// A short description for logs: the first identity. Identities come from
+    /// clients (usernames) and handlers: escaped.
     pub fn summary(&self) -> String {
+        use crate::logging::client;
         match self.identities.first() {
-            Some(i) => format!("{} ({})", i.identity, i.context),
+            Some(i) => format!("{} ({})", client(&i.identity), client(&i.context)),
             None => "anonymous".to_string(),
         }
     }

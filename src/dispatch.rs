@@ -106,7 +106,7 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
                 Err(e) => {
                     tracing::error!(
                         "{name} handler failed (denying user '{}'): {}",
-                        crate::logging::printable(&user),
+                        crate::logging::client(&username),
                         flat(&e)
                     );
                     Err(format!("{name} handler raised an error"))
@@ -121,7 +121,7 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
         }
         Event::HttpAuthBasic { user, reply, .. } => {
             // For log lines only: escape what a client could forge lines with.
-            let who = crate::logging::printable(&String::from_utf8_lossy(&user)).into_owned();
+            let who = crate::logging::client(&user);
             // Seed semantics: true/false decide; anything else is a handler bug
             // and fails closed with a 500, never a pass.
             let verdict = match outcome {
@@ -144,7 +144,12 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
             let _ = reply.send(verdict);
         }
         Event::Request { request, reply, .. } => {
-            let what = format!("{} {}:{}", request.command, request.host, request.port);
+            let what = format!(
+                "{} {}:{}",
+                request.command,
+                crate::logging::client(&request.host),
+                request.port
+            );
             let verdict = match outcome {
                 Ok(ret) => request_verdict(lua, ret),
                 Err(e) => {

@@ -238,6 +238,8 @@ async fn authorize(
         }
         Some(Ok(Credentials::Basic { user, password })) => {
             let name = String::from_utf8_lossy(&user).into_owned();
+            // For log lines: escaped (logging::ClientText).
+            let shown = crate::logging::client(&user).to_string();
             let pw = password.clone().unwrap_or_default();
             let cached = shared.cache.as_ref().and_then(|c| c.get(&user, &pw));
             let verdict = match cached {
@@ -262,17 +264,17 @@ async fn authorize(
                 Some(Ok(true)) => return Ok(name),
                 Some(Ok(false)) => {
                     tracing::warn!(
-                        "status listener: request from {peer}: user '{name}' rejected by handler"
+                        "status listener: request from {peer}: user '{shown}' rejected by handler"
                     );
                     return Err(challenge("authentication required\n"));
                 }
                 Some(Err(why)) => {
-                    tracing::warn!("status listener: request from {peer}: user '{name}': {why}");
+                    tracing::warn!("status listener: request from {peer}: user '{shown}': {why}");
                     return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"));
                 }
                 None => {
                     why_not = format!(
-                        "user '{name}': no {} handler is registered",
+                        "user '{shown}': no {} handler is registered",
                         crate::pump::EVENT_HTTP_AUTH_BASIC
                     )
                 }
@@ -302,9 +304,11 @@ async fn respond(
     };
     let path = req.uri().path();
     tracing::debug!(
-        "status listener: {} {path} from {} as {who}",
+        "status listener: {} {} from {} as {}",
         req.method(),
-        meta.peer
+        crate::logging::client(path),
+        meta.peer,
+        crate::logging::client(&who)
     );
     if !matches!(path, "/metrics" | "/proxy/status" | "/proxy/listeners") {
         return Ok(text(StatusCode::NOT_FOUND, "not found\n"));

@@ -203,12 +203,7 @@ pub fn canonical_net(net: IpNet) -> IpNet {
 pub fn embedded_v4(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
     let IpAddr::V6(v6) = ip else { return None };
     let s = v6.segments();
-    let low = std::net::Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        s[6] as u8,
-        (s[7] >> 8) as u8,
-        s[7] as u8,
-    );
+    let low = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
     let compat = s[..6] == [0; 6] && u32::from(low) > 1;
     (nat64 || compat).then_some(low)
@@ -303,7 +298,7 @@ impl Permissions {
                 ips.push(ip);
             }
         }
-        let dest = || format!("{host}:{port}");
+        let dest = || format!("{}:{port}", crate::logging::client(host));
         if let Some(n) = &name {
             if let Some(r) = self.deny.iter().find(|r| r.matches_name(n, port)) {
                 return Err(format!("{} is denied by '{r}'", dest()));
@@ -360,7 +355,7 @@ pub fn denies_name(layers: &[&Permissions], host: &str, port: u16) -> Option<Str
     layers
         .iter()
         .find_map(|p| p.denies_name(host, port))
-        .map(|r| format!("{host}:{port} is denied by '{r}'"))
+        .map(|r| format!("{}:{port} is denied by '{r}'", crate::logging::client(host)))
 }
 
 /// `allowed_source_addresses` for BIND and policy-chosen source addresses.

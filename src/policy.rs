@@ -99,7 +99,10 @@ async fn check_destination(
             let t = shared.config.timeout;
             let timed_out = Refusal {
                 code: reply::TTL_EXPIRED,
-                reason: format!("cannot resolve {name} within {t:?}"),
+                reason: format!(
+                    "cannot resolve {} within {t:?}",
+                    crate::logging::client(name)
+                ),
             };
             let lookup = async {
                 crate::net::resolve(target, None)
@@ -202,7 +205,12 @@ async fn ask(
     if !crate::pump::registered(EVENT_REQUEST) {
         return Ok(None);
     }
-    let what = format!("{} {}:{}", request.command, request.host, request.port);
+    let what = format!(
+        "{} {}:{}",
+        request.command,
+        crate::logging::client(&request.host),
+        request.port
+    );
     let ask = shared.pump.ask(|reply| Event::Request {
         request,
         auth: auth.clone(),

@@ -423,9 +423,8 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(e) => return Err(e),
             };
-            // For log lines: control characters escaped.
-            let user =
-                crate::logging::printable(&String::from_utf8_lossy(&creds.username)).into_owned();
+            // For log lines: escaped (logging::ClientText).
+            let user = crate::logging::client(&creds.username).to_string();
             let verdict =
                 crate::auth::check_rfc1929(creds.username, creds.password, meta, shared).await;
             conn.write(
