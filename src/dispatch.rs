@@ -25,17 +25,54 @@ pub fn handlers(lua: &Lua) -> mlua::Result<Table> {
     }
 }
 
-/// Answer every queued event; returns how many handlers ran.
+thread_local! {
+    /// How many handlers are running on this thread (nested pumps included).
+    static IN_HANDLER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// True while a handler runs on this thread: `run()` refuses to start there.
+pub fn in_handler() -> bool {
+    IN_HANDLER.with(|d| d.get() > 0)
+}
+
+struct HandlerScope;
+
+impl HandlerScope {
+    fn enter() -> Self {
+        IN_HANDLER.with(|d| d.set(d.get() + 1));
+        HandlerScope
+    }
+}
+
+impl Drop for HandlerScope {
+    fn drop(&mut self) {
+        IN_HANDLER.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Answer the events queued now (not those queued meanwhile: a steady stream
+/// must not keep the caller from its deadline); returns how many handlers ran.
+/// Events are taken one at a time, each just before its handler runs: the ones
+/// not reached yet stay queued, so a handler that pumps (`run_until`, `poll`,
+/// `run_command`) dispatches them instead of waiting on them.
 pub fn dispatch_pending(lua: &Lua, pump: &Pump) -> mlua::Result<usize> {
+    // Reset first: an event queued after this makes the fd readable again.
+    pump.reset_wake();
+    let mut budget = pump.pending();
     let mut n = 0;
-    for ev in pump.drain() {
+    while budget > 0 {
+        let Some(ev) = pump.pop() else { break };
+        budget -= 1;
         if ev.is_abandoned() {
             continue;
         }
         n += 1;
         let name = ev.name();
         let started = std::time::Instant::now();
-        let outcome = handler(lua, name).and_then(|f| f.call(event_args(lua, &ev)?));
+        let outcome = {
+            let _scope = HandlerScope::enter();
+            handler(lua, name).and_then(|f| f.call(event_args(lua, &ev)?))
+        };
         pump.event_latency.observe(name, started.elapsed());
         answer(lua, ev, outcome);
     }

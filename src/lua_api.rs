@@ -557,6 +557,13 @@ fn poll(lua: &Lua, timeout: Value) -> mlua::Result<usize> {
 
 /// `kumoproxy.run{ grace = '5 seconds' }`: serve until stop() or SIGINT/SIGTERM.
 fn run(lua: &Lua, opts: Value) -> mlua::Result<()> {
+    // Inside a handler, run() would serve until a signal while the session that
+    // asked waits for an answer: refuse, and say what to use instead.
+    if crate::dispatch::in_handler() {
+        return Err(err(
+            "kumoproxy.run: called from inside an event handler; run() is the host's main loop. Use kumoproxy.run_until, poll or run_command to wait inside a handler",
+        ));
+    }
     let grace = if opts.is_nil() {
         DEFAULT_GRACE
     } else {
