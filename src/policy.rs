@@ -89,6 +89,14 @@ async fn check_destination(
 ) -> Result<Vec<SocketAddr>, Refusal> {
     let layers = layers(shared, auth);
     let (host, port) = (target.host(), target.port());
+    // Port 0 is no destination (connect(2) refuses it, an upstream proxy might
+    // not): refused before any lookup or dial, like HTTP CONNECT's 400.
+    if port == 0 {
+        return Err(Refusal::denied(format!(
+            "{}: port 0 is not a destination",
+            crate::logging::client(&host)
+        )));
+    }
     if let Some(why) = permissions::denies_name(&layers, &host, port) {
         return Err(Refusal::denied(why));
     }
