@@ -32,6 +32,8 @@ const MAX_HEADERS: usize = 64;
 
 /// The identity context of a user validated by `http_server_validate_auth_basic`
 /// (KumoMTA's name for it).
+/// The identity context of an HTTP Basic login, on every front-end (proxy
+/// listener HTTP CONNECT, status listener): one name for one kind of login.
 pub const CONTEXT_HTTP_BASIC: &str = "HttpBasicAuth";
 /// What 401/407 challenges announce.
 pub const REALM: &str = "kumoproxy";

@@ -251,7 +251,10 @@ async fn authorize(
                     // Decisions are cached; handler errors (500) are not.
                     if let (Some(c), Some(Ok(ok))) = (&shared.cache, &v) {
                         let entry = if *ok {
-                            Ok(crate::auth::AuthInfo::single(name.clone(), "HttpAuthBasic"))
+                            Ok(crate::auth::AuthInfo::single(
+                                name.clone(),
+                                crate::http_connect::CONTEXT_HTTP_BASIC,
+                            ))
                         } else {
                             Err("rejected by handler".to_string())
                         };

@@ -634,6 +634,14 @@ fn shutdown(lua: &Lua, process: &Process, grace: Duration, why: &str) -> mlua::R
     for l in &listeners {
         l.abort.cancel();
     }
+    // Cut sessions log their line and count themselves as failed on the
+    // runtime threads: wait for that (they only have to notice the
+    // cancellation), so stats() right after run() is final and no line is lost
+    // if the process exits next. Bounded: a task stuck elsewhere cannot hang run().
+    let settle = Instant::now() + Duration::from_secs(2);
+    while active() > 0 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     Ok(())
 }
 
