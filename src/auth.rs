@@ -26,6 +26,34 @@ pub struct AuthInfo {
     pub groups: Vec<String>,
     /// The user's own destination rules, checked after the listener's.
     pub permissions: Option<Arc<Permissions>>,
+    /// How widely the `auth_cache` may reuse this acceptance.
+    pub cache_scope: CacheScope,
+}
+
+/// `cache_scope` in an AuthInfo (Lua table or `auth_http` JSON).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheScope {
+    /// Only for a connection that shows the deciding party the same: event,
+    /// peer IP, local address, client certificate, credentials. The default:
+    /// safe for any handler, whatever it looks at.
+    #[default]
+    Connection,
+    /// For the same event and credentials from any connection: the handler
+    /// declares its verdict depends on the credentials alone.
+    Credentials,
+}
+
+impl CacheScope {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "connection" => Ok(CacheScope::Connection),
+            "credentials" => Ok(CacheScope::Credentials),
+            other => Err(format!(
+                "cache_scope: '{}' is not one of 'connection', 'credentials'",
+                crate::logging::client(other)
+            )),
+        }
+    }
 }
 
 pub const CONTEXT_RFC1929: &str = "ProxyAuthRfc1929";
@@ -41,6 +69,7 @@ impl AuthInfo {
             }],
             groups: Vec::new(),
             permissions: None,
+            cache_scope: CacheScope::Connection,
         }
     }
 
@@ -89,11 +118,12 @@ pub struct AuthState {
 /// The one credential check for every protocol: progressive delay for peers
 /// with recent failures, then the auth cache, then `auth_http` when the listener
 /// has it (Lua is not consulted), else `ask_lua` (the protocol's Lua event).
-/// `context` names where an `auth_http` identity came from. The error never
-/// contains the password.
+/// `context` names where an `auth_http` identity came from, and which event
+/// the cache key belongs to. `password` is `None` for HTTP Basic without a
+/// colon (distinct from an empty one). The error never contains the password.
 pub async fn check_credentials<F, Fut>(
     username: &[u8],
-    password: &[u8],
+    password: Option<&[u8]>,
     meta: &Arc<ConnMeta>,
     shared: &Shared,
     context: &'static str,
@@ -106,20 +136,24 @@ where
     let state = &shared.auth;
     let ip = meta.peer.0.ip();
     state.delay.wait(ip, shared.config.timeout).await;
-    if let Some(hit) = state.cache.as_ref().and_then(|c| c.get(username, password)) {
+    let key = crate::auth_cache::CacheKey::new(context, meta, username, password);
+    if let Some(hit) = state.cache.as_ref().and_then(|c| c.get(&key)) {
         if hit.is_err() {
             state.delay.record_failure(ip);
         }
         return hit.map_err(|why| format!("{why} (cached)"));
     }
     let verdict = match &shared.config.auth_http {
-        Some(http) => http.check(username, password, meta, context).await,
+        Some(http) => {
+            let pw = password.unwrap_or_default();
+            http.check(username, pw, meta, context).await
+        }
         None => ask_lua().await,
     };
     if let Some(cache) = &state.cache {
         match &verdict {
-            Ok(info) => cache.put(username, password, Ok(info.clone())),
-            Err(d) if d.cacheable => cache.put(username, password, Err(d.reason.clone())),
+            Ok(info) => cache.put(&key, Ok(info.clone())),
+            Err(d) if d.cacheable => cache.put(&key, Err(d.reason.clone())),
             Err(_) => {}
         }
     }
@@ -142,7 +176,7 @@ pub async fn check_rfc1929(
     shared: &Shared,
 ) -> Result<AuthInfo, String> {
     let (u, p) = (username.clone(), password.clone());
-    check_credentials(&u, &p, meta, shared, CONTEXT_RFC1929, || {
+    check_credentials(&u, Some(&p), meta, shared, CONTEXT_RFC1929, || {
         ask_rfc1929(username, password, meta, shared)
     })
     .await
@@ -244,8 +278,10 @@ mod tests {
             let m = m.clone();
             let shared = &shared;
             async move {
-                check_credentials(b"u", b"p", &m, shared, CONTEXT_RFC1929, || async { Err(d) })
-                    .await
+                check_credentials(b"u", Some(b"p"), &m, shared, CONTEXT_RFC1929, || async {
+                    Err(d)
+                })
+                .await
             }
         };
         assert!(check(&guesser, Denial::decided("rejected by handler"))

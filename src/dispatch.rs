@@ -379,9 +379,12 @@ fn auth_verdict(ret: Value, user: &str) -> Verdict {
 pub fn auth_info_from_table(t: &Table) -> Result<AuthInfo, String> {
     let mut info = AuthInfo::default();
     for (k, _) in t.pairs::<String, Value>().flatten() {
-        if !matches!(k.as_str(), "identities" | "groups" | "permissions") {
+        if !matches!(
+            k.as_str(),
+            "identities" | "groups" | "permissions" | "cache_scope"
+        ) {
             return Err(format!(
-                "unknown key '{k}' (known: identities, groups, permissions)"
+                "unknown key '{k}' (known: identities, groups, permissions, cache_scope)"
             ));
         }
     }
@@ -428,6 +431,13 @@ pub fn auth_info_from_table(t: &Table) -> Result<AuthInfo, String> {
             }
         }
         _ => return Err("groups must be a list of strings".into()),
+    }
+    match t.get::<Value>("cache_scope").map_err(|e| e.to_string())? {
+        Value::Nil => {}
+        Value::String(s) => {
+            info.cache_scope = crate::auth::CacheScope::parse(&s.to_string_lossy())?
+        }
+        _ => return Err("cache_scope must be 'connection' or 'credentials'".into()),
     }
     let perms = t.get::<Value>("permissions").map_err(|e| e.to_string())?;
     if !perms.is_nil() {

@@ -273,12 +273,12 @@ async fn authenticate(
             if cfg.auth_http.is_some() || crate::pump::registered(EVENT_HTTP_AUTH_BASIC) =>
         {
             // The shared credential path: failure delay, auth cache, then auth_http
-            // or the Lua event. A user without a password is checked (and cached)
-            // with an empty one; Lua still sees nil.
+            // or the Lua event. A user without a password (no colon) is its own
+            // cache key; Lua sees nil, auth_http an empty password.
             let name = String::from_utf8_lossy(&user).into_owned();
             // `name` is the identity; log lines get it with control characters escaped.
             let shown = crate::logging::client(&user).to_string();
-            let pw = password.clone().unwrap_or_default();
+            let pw = password.clone();
             let errored = AtomicBool::new(false);
             let errored_ref = &errored;
             let (u, n) = (user.clone(), name.clone());
@@ -296,7 +296,8 @@ async fn authenticate(
                 }
             };
             let verdict =
-                check_credentials(&user, &pw, meta, shared, CONTEXT_HTTP_BASIC, ask).await;
+                check_credentials(&user, pw.as_deref(), meta, shared, CONTEXT_HTTP_BASIC, ask)
+                    .await;
             return match verdict {
                 Ok(info) => AuthOutcome::Proceed(with_cert(info)),
                 Err(why) if errored.load(Ordering::Relaxed) => {

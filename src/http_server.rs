@@ -240,8 +240,15 @@ async fn authorize(
             let name = String::from_utf8_lossy(&user).into_owned();
             // For log lines: escaped (logging::ClientText).
             let shown = crate::logging::client(&user).to_string();
-            let pw = password.clone().unwrap_or_default();
-            let cached = shared.cache.as_ref().and_then(|c| c.get(&user, &pw));
+            let pw = password.clone();
+            // This listener's own cache: its one event, keyed like the proxy's.
+            let key = crate::auth_cache::CacheKey::new(
+                crate::pump::EVENT_HTTP_AUTH_BASIC,
+                meta,
+                &user,
+                pw.as_deref(),
+            );
+            let cached = shared.cache.as_ref().and_then(|c| c.get(&key));
             let verdict = match cached {
                 Some(Ok(_)) => Some(Ok(true)),
                 Some(Err(_)) => Some(Ok(false)),
@@ -258,7 +265,7 @@ async fn authorize(
                         } else {
                             Err("rejected by handler".to_string())
                         };
-                        c.put(&user, &pw, entry);
+                        c.put(&key, entry);
                     }
                     v
                 }
