@@ -8,7 +8,7 @@
 # Targets: greeting, userpass, request, reply (the socks5.rs codecs), http_head
 # (http_connect.rs: request head, CONNECT target, Basic credentials), session
 # (a whole server session over an in-memory stream) and client_text (the log
-# escaping of client bytes, logging.rs). Inputs start from the
+# escaping of client bytes, proto/text.rs). Inputs start from the
 # committed corpus fuzz/corpus/TARGET; new inputs go to fuzz/work/TARGET and
 # crashes to fuzz/artifacts/TARGET/ (both ignored by git).
 #

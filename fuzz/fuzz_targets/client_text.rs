@@ -1,9 +1,9 @@
-//! logging::ClientText: whatever bytes a client sends, the displayed form is one
+//! proto::text::ClientText: whatever bytes a client sends, the displayed form is one
 //! line with no control, separator or bidi characters, and it is lossless:
 //! unescaping it gives the bytes back (so two different inputs never show the
 //! same).
 #![no_main]
-use kumoproxy::logging::client;
+use kumoproxy::proto::text::client;
 use libfuzzer_sys::fuzz_target;
 
 fn unescape(s: &str) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! re-encode to exactly the bytes it consumed, and every shorter prefix of it
 //! must read as "need more bytes".
 #![no_main]
-use kumoproxy::socks5::{encode_greeting, parse_greeting, MAX_FRAME};
+use kumoproxy::proto::socks5::{encode_greeting, parse_greeting, MAX_FRAME};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

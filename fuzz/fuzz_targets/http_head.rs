@@ -5,7 +5,7 @@
 //! take whatever the head holds; nothing a client sent reaches log text with a
 //! control character in it.
 #![no_main]
-use kumoproxy::http_connect::{parse_authority, parse_credentials, parse_head, Credentials, MAX_HEAD};
+use kumoproxy::proto::http::{parse_authority, parse_credentials, parse_head, Credentials, MAX_HEAD};
 use libfuzzer_sys::fuzz_target;
 
 fn printable(s: &str) -> bool {

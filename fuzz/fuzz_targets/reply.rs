@@ -2,7 +2,7 @@
 //! `reply_len` (how much a client reads) agrees with `parse_reply`, and a whole
 //! frame re-encodes to the bytes consumed.
 #![no_main]
-use kumoproxy::socks5::{CodecError, encode_reply, parse_reply, reply_len};
+use kumoproxy::proto::socks5::{CodecError, encode_reply, parse_reply, reply_len};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

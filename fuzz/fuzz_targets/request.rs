@@ -2,7 +2,7 @@
 //! re-encodes to the bytes consumed (RSV aside, which we accept as sent),
 //! prefixes are incomplete, and a refused frame maps to a reply code or none.
 #![no_main]
-use kumoproxy::socks5::{encode_request, parse_request, MAX_FRAME};
+use kumoproxy::proto::socks5::{encode_request, parse_request, MAX_FRAME};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

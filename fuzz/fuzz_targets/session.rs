@@ -11,9 +11,10 @@
 //! bit 2 untrusted peer, bits 3-5 chunk size 2^k, bit 6 HTTP too, bit 7
 //! allow_private_destinations), then the client's bytes.
 #![no_main]
-use kumoproxy::listener::{Config, Shared};
-use kumoproxy::pump::{self, Event, Pump, EVENT_AUTH_RFC1929, EVENT_HTTP_AUTH_BASIC};
-use kumoproxy::socks5;
+use kumoproxy::server::listener::{Config, Shared};
+use kumoproxy::policy::events::EventPump as Pump;
+use kumoproxy::policy::events::{self as pump, Event, EVENT_AUTH_RFC1929, EVENT_HTTP_AUTH_BASIC};
+use kumoproxy::proto::socks5;
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -47,7 +48,7 @@ fn world() -> &'static World {
             if i & 4 != 0 {
                 // allow_private_destinations: the fuzzed targets reach the
                 // connect step (refused under cfg(fuzzing)) instead of the ACL.
-                c.permissions = Arc::new(kumoproxy::permissions::Permissions::default());
+                c.permissions = Arc::new(kumoproxy::policy::permissions::Permissions::default());
             }
             Arc::new(Shared::new(c, c_addr(), pump.clone()))
         };
@@ -85,7 +86,7 @@ async fn host(pump: &Pump) {
                     ..
                 } => {
                     let verdict = if username == b"alice" && password == b"secret" {
-                        Ok(kumoproxy::auth::AuthInfo::single("alice", "ProxyAuthRfc1929"))
+                        Ok(kumoproxy::policy::identity::AuthInfo::single("alice", "ProxyAuthRfc1929"))
                     } else {
                         Err("rejected by handler".to_string())
                     };
@@ -134,7 +135,7 @@ fuzz_target!(|data: &[u8]| {
         let (client, server) = tokio::io::duplex(1024);
         let (mut rd, mut wr) = tokio::io::split(client);
         let session = async {
-            let _ = kumoproxy::session::fuzz_session(server, peer, shared).await;
+            let _ = kumoproxy::server::session::fuzz_session(server, peer, shared).await;
         };
         let feed = async {
             for c in input.chunks(chunk) {

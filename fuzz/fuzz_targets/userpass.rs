@@ -2,7 +2,7 @@
 //! frame re-encodes to the bytes consumed, prefixes are incomplete, and the
 //! Debug form never shows the password.
 #![no_main]
-use kumoproxy::socks5::{encode_userpass, parse_userpass, MAX_FRAME};
+use kumoproxy::proto::socks5::{encode_userpass, parse_userpass, MAX_FRAME};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

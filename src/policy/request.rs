@@ -1,0 +1,230 @@
+//! What an authenticated client may do with a request, for every front-end:
+//! listener and user permissions (on the name and on the resolved addresses),
+//! `allowed_source_addresses`, then the optional Lua `proxy_server_request`
+//! event, which may refuse, rewrite the destination, pick a source address or
+//! an egress source. The event is only asked when a handler is registered.
+
+use crate::egress::EgressSource;
+use crate::host::net::within;
+use crate::policy::events::{Event, Overrides, RequestInfo, EVENT_REQUEST};
+use crate::policy::identity::{AuthInfo, ConnMeta};
+use crate::policy::permissions::{self, Permissions};
+use crate::proto::socks5::{reply, TargetAddr};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// What the request policy needs of the listener it runs for.
+pub struct RequestContext<'a> {
+    /// The listener's destination rules (with the private-destination denials
+    /// unless `allow_private_destinations`).
+    pub permissions: &'a Permissions,
+    /// BIND / policy source addresses; `None` = whatever the host can bind.
+    pub allowed_source_addresses: Option<&'a [ipnet::IpNet]>,
+    /// The listener's upstream, when it chains.
+    pub egress: Option<&'a Arc<EgressSource>>,
+    /// Bounds DNS lookups and the wait for a Lua decision.
+    pub timeout: std::time::Duration,
+    pub pump: &'a crate::policy::events::EventPump,
+}
+
+/// Why a request does not go ahead. `denied` ones get reply 0x02 and count in
+/// `stats().denied`; the others carry the reply code to send.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: u8,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn denied(reason: impl Into<String>) -> Self {
+        Refusal {
+            code: reply::NOT_ALLOWED,
+            reason: reason.into(),
+        }
+    }
+    pub fn is_denied(&self) -> bool {
+        self.code == reply::NOT_ALLOWED
+    }
+}
+
+/// A checked CONNECT: where to go and how.
+#[derive(Debug)]
+pub struct Plan {
+    /// The destination after any rewrite.
+    pub target: TargetAddr,
+    /// Checked addresses to dial, in resolver order; empty when an upstream
+    /// proxy resolves the name.
+    pub addrs: Vec<SocketAddr>,
+    pub source: Option<IpAddr>,
+    pub egress: Option<Arc<EgressSource>>,
+}
+
+fn layers<'a>(ctx: &'a RequestContext<'a>, auth: &'a AuthInfo) -> Vec<&'a Permissions> {
+    let mut v = vec![ctx.permissions];
+    if let Some(p) = &auth.permissions {
+        v.push(p);
+    }
+    v
+}
+
+fn via_proxy(egress: &Option<Arc<EgressSource>>) -> bool {
+    egress.as_ref().is_some_and(|e| e.proxy.is_some())
+}
+
+/// Permissions for one destination: a denied name is refused before any DNS
+/// lookup; otherwise the name is resolved here (unless an upstream proxy will
+/// resolve it) and every address is checked. The addresses returned are the
+/// ones checked, so a second lookup cannot rebind the name elsewhere.
+async fn check_destination(
+    target: &TargetAddr,
+    egress: &Option<Arc<EgressSource>>,
+    auth: &AuthInfo,
+    ctx: &RequestContext<'_>,
+) -> Result<Vec<SocketAddr>, Refusal> {
+    let layers = layers(ctx, auth);
+    let (host, port) = (target.host(), target.port());
+    // Port 0 is no destination (connect(2) refuses it, an upstream proxy might
+    // not): refused before any lookup or dial, like HTTP CONNECT's 400.
+    if port == 0 {
+        return Err(Refusal::denied(format!(
+            "{}: port 0 is not a destination",
+            crate::proto::text::client(&host)
+        )));
+    }
+    if let Some(why) = permissions::denies_name(&layers, &host, port) {
+        return Err(Refusal::denied(why));
+    }
+    let addrs = match target {
+        TargetAddr::Ip(a) => vec![*a],
+        TargetAddr::Domain(..) if via_proxy(egress) => Vec::new(),
+        TargetAddr::Domain(name, _) => {
+            let t = ctx.timeout;
+            let timed_out = Refusal {
+                code: reply::TTL_EXPIRED,
+                reason: format!(
+                    "cannot resolve {} within {t:?}",
+                    crate::proto::text::client(name)
+                ),
+            };
+            let lookup = async {
+                crate::host::net::resolve(target, None)
+                    .await
+                    .map_err(|(code, reason)| Refusal { code, reason })
+            };
+            within(t, timed_out, lookup).await?
+        }
+    };
+    let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
+    permissions::check(&layers, &host, port, &ips).map_err(Refusal::denied)?;
+    Ok(addrs)
+}
+
+fn check_source(ctx: &RequestContext<'_>, ip: IpAddr, port: u16) -> Result<(), Refusal> {
+    permissions::check_source(ctx.allowed_source_addresses, ip, port).map_err(Refusal::denied)
+}
+
+/// Permissions, then the request event (when registered), for a CONNECT.
+pub async fn plan_connect(
+    target: &TargetAddr,
+    auth: &Arc<AuthInfo>,
+    meta: &Arc<ConnMeta>,
+    ctx: &RequestContext<'_>,
+) -> Result<Plan, Refusal> {
+    let mut plan = Plan {
+        target: target.clone(),
+        addrs: Vec::new(),
+        source: None,
+        egress: ctx.egress.cloned(),
+    };
+    plan.addrs = check_destination(&plan.target, &plan.egress, auth, ctx).await?;
+    let info = RequestInfo {
+        command: "connect",
+        host: target.host(),
+        port: target.port(),
+    };
+    let Some(over) = ask(info, auth, meta, ctx).await? else {
+        return Ok(plan);
+    };
+    let recheck = over.destination.is_some() || over.egress.is_some();
+    if let Some(d) = over.destination {
+        plan.target = d;
+    }
+    if let Some(e) = over.egress {
+        plan.egress = Some(e);
+    }
+    if let Some(ip) = over.source_address {
+        check_source(ctx, ip, 0)?;
+        plan.source = Some(ip);
+    }
+    if recheck {
+        // A rewrite is held to the same rules as the client's own request.
+        plan.addrs = check_destination(&plan.target, &plan.egress, auth, ctx).await?;
+    }
+    Ok(plan)
+}
+
+/// `allowed_source_addresses`, then the request event (when registered), for a
+/// BIND `<ip>:0` (source address selection). Returns the source to bind.
+pub async fn plan_bind(
+    source: SocketAddr,
+    auth: &Arc<AuthInfo>,
+    meta: &Arc<ConnMeta>,
+    ctx: &RequestContext<'_>,
+) -> Result<SocketAddr, Refusal> {
+    check_source(ctx, source.ip(), source.port())?;
+    let info = RequestInfo {
+        command: "bind",
+        host: source.ip().to_string(),
+        port: source.port(),
+    };
+    let Some(over) = ask(info, auth, meta, ctx).await? else {
+        return Ok(source);
+    };
+    if over.destination.is_some() || over.egress.is_some() {
+        let why = format!(
+            "{EVENT_REQUEST} handler returned destination or egress_source for a bind request (only source_address applies)"
+        );
+        tracing::error!("{why}");
+        return Err(Refusal::denied(why));
+    }
+    match over.source_address {
+        Some(ip) => {
+            check_source(ctx, ip, 0)?;
+            Ok(SocketAddr::new(ip, 0))
+        }
+        None => Ok(source),
+    }
+}
+
+/// Asks `proxy_server_request` when registered; `Ok(None)` when not.
+async fn ask(
+    request: RequestInfo,
+    auth: &Arc<AuthInfo>,
+    meta: &Arc<ConnMeta>,
+    ctx: &RequestContext<'_>,
+) -> Result<Option<Overrides>, Refusal> {
+    if !crate::policy::events::registered(EVENT_REQUEST) {
+        return Ok(None);
+    }
+    let what = format!(
+        "{} {}:{}",
+        request.command,
+        crate::proto::text::client(&request.host),
+        request.port
+    );
+    let ask = ctx.pump.ask(|reply| Event::Request {
+        request,
+        auth: auth.clone(),
+        meta: meta.clone(),
+        reply,
+    });
+    let t = ctx.timeout;
+    match tokio::time::timeout(t, ask).await {
+        Ok(Ok(Ok(over))) => Ok(Some(over)),
+        Ok(Ok(Err(why))) => Err(Refusal::denied(format!("{what}: {why}"))),
+        Ok(Err(e)) => Err(Refusal::denied(format!("{what}: {EVENT_REQUEST}: {e}"))),
+        Err(_) => Err(Refusal::denied(format!(
+            "{what}: no decision from the {EVENT_REQUEST} handler within {t:?} (is the host pumping events?)"
+        ))),
+    }
+}

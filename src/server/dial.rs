@@ -1,0 +1,175 @@
+//! Connecting a checked plan: through its egress source, or directly from the
+//! BIND-chosen socket or the policy's source address. Shared by every front-end.
+
+use crate::egress::EgressStream;
+use crate::host::net::within_else;
+use crate::policy::request::Plan;
+use crate::proto::socks5::{self, reply, TargetAddr};
+use crate::server::config::Shared;
+use crate::server::error::SessionError;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Tries each checked address in turn, all within `t`, from the BIND-chosen
+/// socket or `source` when given.
+pub(crate) async fn connect(
+    target: &TargetAddr,
+    addrs: &[SocketAddr],
+    mut bound: Option<TcpSocket>,
+    source: Option<IpAddr>,
+    t: Duration,
+    shared: &Shared,
+) -> Result<TcpStream, SessionError> {
+    let fail = |code: u8, reason: String| SessionError::Connect {
+        target: target.to_string(),
+        code,
+        reason,
+    };
+    if cfg!(fuzzing) {
+        // Fuzz input names arbitrary destinations: never resolve or dial them.
+        let _ = bound.take();
+        return Err(fail(
+            reply::CONNECTION_REFUSED,
+            "fuzzing: no outbound connections".into(),
+        ));
+    }
+    // Built only on expiry: formatting it up front cost every session.
+    let timed_out = || fail(reply::TTL_EXPIRED, format!("no connection within {t:?}"));
+    within_else(t, timed_out, async {
+        let source = match &bound {
+            Some(s) => Some(
+                s.local_addr()
+                    .map_err(|e| fail(reply::GENERAL_FAILURE, e.to_string()))?,
+            ),
+            None => source.map(|ip| SocketAddr::new(ip, 0)),
+        };
+        let mut addrs = addrs.to_vec();
+        if let Some(src) = source {
+            addrs.retain(|a| a.is_ipv4() == src.is_ipv4());
+            if addrs.is_empty() {
+                return Err(fail(
+                    reply::ADDRESS_TYPE_NOT_SUPPORTED,
+                    format!("no address of the source address family ({src})"),
+                ));
+            }
+        }
+        if addrs.is_empty() {
+            return Err(fail(
+                reply::HOST_UNREACHABLE,
+                "name has no addresses".into(),
+            ));
+        }
+        let mut last = None;
+        for addr in addrs {
+            let sock = match bound.take() {
+                Some(s) => s,
+                None => match new_socket(addr, source) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                },
+            };
+            match sock.connect(addr).await {
+                Ok(stream) => {
+                    crate::host::net::tune_stream(
+                        &stream,
+                        &shared.config.keepalive,
+                        "remote socket",
+                    );
+                    return Ok(stream);
+                }
+                Err(e) => {
+                    tracing::debug!("connect to {addr} failed: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        let e = last.unwrap_or_else(|| io::Error::other("no address to try"));
+        Err(fail(socks5::reply_code_for_io_error(&e), e.to_string()))
+    })
+    .await
+}
+
+fn new_socket(addr: SocketAddr, source: Option<SocketAddr>) -> io::Result<TcpSocket> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(mut src) = source {
+        src.set_port(0);
+        sock.bind(src)?;
+    }
+    Ok(sock)
+}
+
+/// A connected destination, and the address to report as bound.
+pub(crate) struct Dialed {
+    pub stream: EgressStream,
+    pub bound: SocketAddr,
+}
+
+/// Connects a checked plan (see `policy::plan_connect`) for any front-end:
+/// through its egress source (an upstream proxy resolves the name; a direct
+/// source dials the checked addresses from its own address), else directly,
+/// from the BIND-chosen socket or the policy's source address. Errors are
+/// `SessionError::Connect` carrying the reply code.
+pub(crate) async fn dial(
+    plan: &Plan,
+    mut bound: Option<TcpSocket>,
+    shared: &Shared,
+) -> Result<Dialed, SessionError> {
+    let mut timeout = shared.config.timeout;
+    let mut source = plan.source;
+    if let Some(egress) = &plan.egress {
+        if bound.is_some() || plan.source.is_some() {
+            // The egress source decides where connections leave from; a chosen
+            // source cannot be honoured, and ignoring it would send from the wrong IP.
+            return Err(SessionError::Connect {
+                target: plan.target.to_string(),
+                code: reply::NOT_ALLOWED,
+                reason: format!(
+                    "source address selection (BIND or source_address) is not available through egress source '{}'",
+                    egress.name
+                ),
+            });
+        }
+        if egress.proxy.is_some() {
+            // Boxed: upstream connects (TLS, a SOCKS5 handshake) are large futures
+            // that would otherwise size every session's task.
+            let up = Box::pin(egress.connect(&plan.target, egress.connect_timeout))
+                .await
+                .map_err(|e| SessionError::Connect {
+                    target: plan.target.to_string(),
+                    code: e.code,
+                    reason: format!("egress source '{}': {e}", egress.name),
+                })?;
+            let bound = match &up.proxy_bound {
+                Some(TargetAddr::Ip(a)) => *a,
+                _ => up.local,
+            };
+            return Ok(Dialed {
+                stream: up.stream,
+                bound,
+            });
+        }
+        source = egress.source_address;
+        timeout = egress.connect_timeout;
+    }
+    if source.is_some() {
+        // The policy's source address replaces a BIND-chosen one.
+        bound = None;
+    }
+    let remote = connect(&plan.target, &plan.addrs, bound, source, timeout, shared).await?;
+    let bound = remote
+        .local_addr()
+        .map_err(|e| SessionError::Io("reading bound address", e))?;
+    Ok(Dialed {
+        stream: EgressStream::Plain(remote),
+        bound,
+    })
+}
