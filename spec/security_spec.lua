@@ -225,6 +225,50 @@ describe('security (issue 13)', function()
       l:close()
     end)
 
+    it('what an upstream proxy is asked: the checked address by default; the name only with socks5_proxy_remote_dns, never localhost or numeric names', function()
+      -- The guard upstream is a listener of this process: its proxy_server_request
+      -- handler records the addresses it is asked for and refuses; names are
+      -- refused by its name rule before any lookup (nothing resolved or dialled).
+      local guard = H.listener { allow_private_destinations = true, permissions = { deny = { 'upstream-only.test' } } }
+      local asked = {}
+      kp.on(REQUEST, function(request, _, meta)
+        if meta.local_address == guard:local_addr() then
+          asked[#asked + 1] = request.host
+          return false
+        end
+        return true
+      end)
+      local by_ip = kp.make_egress_source { name = 'spec-sec-by-ip', socks5_proxy_server = guard:local_addr() }
+      local by_name = kp.make_egress_source { name = 'spec-sec-by-name', socks5_proxy_server = guard:local_addr(),
+        socks5_proxy_remote_dns = true }
+      -- Default: the name is resolved and checked here, the address goes upstream.
+      local l = H.listener { allow_private_destinations = true, egress_source = by_ip }
+      socks(l, { host = 'LocalHost', domain = true, port = origin.echo })
+      assert.same({ '127.0.0.1' }, asked)
+      l:close()
+      H.quiesce()
+      assert.are.equal(1, guard:stats().denied)
+      -- Opt-in: names go upstream as they are (the guard refuses this one by name)...
+      l = H.listener { egress_source = by_name }
+      socks(l, { host = 'upstream-only.test', domain = true, port = 80 })
+      H.quiesce()
+      assert.are.equal(2, guard:stats().denied)
+      -- ...but localhost names are refused by name, and numeric names are
+      -- resolved (and refused) here: the guard sees none of them.
+      for _, name in ipairs { 'localhost', 'LOCALHOST.', 'db.localhost', '127.1', '0x7f.1', '2130706433' } do
+        local _, r = socks(l, { host = name, domain = true, port = origin.echo })
+        assert.are.equal('02', r, name)
+      end
+      H.quiesce()
+      assert.are.equal(2, guard:stats().accepted)
+      assert.same({ '127.0.0.1' }, asked)
+      l:close()
+      guard:close()
+      local ok, e = pcall(kp.make_egress_source, { name = 'x', socks5_proxy_remote_dns = true })
+      assert.is_false(ok)
+      assert.matches('socks5_proxy_remote_dns: requires socks5_proxy_server', tostring(e))
+    end)
+
     it('NAT64 (64:ff9b::/96) and IPv4-compatible (::a.b.c.d) forms of private IPv4 are refused before anything is sent', function()
       -- The guard upstream only allows loopback: were the front to pass these
       -- on, the guard would see (and refuse) them. It must see nothing.

@@ -25,6 +25,9 @@ pub struct Settings {
     pub tls_insecure: Option<bool>,
     pub tls_server_name: Option<String>,
     pub connect_timeout: Option<Duration>,
+    /// `socks5_proxy_remote_dns`: send client-requested names to the proxy
+    /// unresolved (opt-in; see `Proxy::remote_dns`).
+    pub remote_dns: Option<bool>,
 }
 
 /// A setting that can never work; `key` is the parameter to blame.
@@ -58,6 +61,11 @@ pub struct Proxy {
     pub source_address: Option<IpAddr>,
     pub credentials: Option<UserPass>,
     pub tls: Option<ProxyTls>,
+    /// Names a client asked for go to the proxy unresolved, so the proxy's
+    /// resolver decides where they lead: only name rules can be checked. Off
+    /// by default: the name is resolved here, every address checked, and the
+    /// checked address is what the proxy is asked to connect to.
+    pub remote_dns: bool,
 }
 
 pub struct ProxyTls {

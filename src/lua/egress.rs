@@ -51,6 +51,7 @@ fn make_egress_source(v: Value) -> mlua::Result<LuaEgressSource> {
             Value::Nil => None,
             v => Some(parse_duration(&v).map_err(|e| p.key_err("connect_timeout", e))?),
         },
+        remote_dns: opt_bool(&mut p, "socks5_proxy_remote_dns")?,
     };
     p.finish()?;
     let source = EgressSource::new(s).map_err(|e| err(format!("{CTX}: {}: {}", e.key, e.msg)))?;

@@ -227,6 +227,10 @@ pub const PRIVATE_DESTINATIONS: &[&str] = &[
     "169.254.0.0/16",
     "fe80::/10",
     "fd00:ec2::254/128",
+    // RFC 6761: `localhost` and names below it are loopback whoever resolves
+    // them; denied by name too, for names an upstream proxy resolves.
+    "localhost",
+    "*.localhost",
     // RFC 8215 local-use NAT64: translated by the site's own gateway into its
     // internal IPv4 networks, with an embedding we cannot know. (The
     // well-known 64:ff9b::/96 and ::a.b.c.d are judged by their embedded IPv4

@@ -67,14 +67,35 @@ fn layers<'a>(ctx: &'a RequestContext<'a>, auth: &'a AuthInfo) -> Vec<&'a Permis
     v
 }
 
-fn via_proxy(egress: &Option<Arc<EgressSource>>) -> bool {
-    egress.as_ref().is_some_and(|e| e.proxy.is_some())
+/// Whether the name goes to an upstream proxy unresolved: only with an egress
+/// source that opted in (`socks5_proxy_remote_dns = true`), and never for a
+/// name whose last label is numeric (`127.1`, `0x7f.1`, `2130706433`): no
+/// top-level domain is, and resolvers read those as IPv4 addresses, so they
+/// are resolved (and checked) here like any literal.
+fn resolved_upstream(target: &TargetAddr, egress: &Option<Arc<EgressSource>>) -> bool {
+    let remote = egress
+        .as_ref()
+        .and_then(|e| e.proxy.as_ref())
+        .is_some_and(|p| p.remote_dns);
+    let TargetAddr::Domain(name, _) = target else {
+        return false;
+    };
+    let last = name.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    let numeric = !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || last
+                .strip_prefix("0x")
+                .or_else(|| last.strip_prefix("0X"))
+                .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())));
+    remote && !numeric
 }
 
 /// Permissions for one destination: a denied name is refused before any DNS
-/// lookup; otherwise the name is resolved here (unless an upstream proxy will
-/// resolve it) and every address is checked. The addresses returned are the
-/// ones checked, so a second lookup cannot rebind the name elsewhere.
+/// lookup; otherwise the name is resolved here and every address is checked,
+/// whichever path the connection takes (an upstream proxy is then asked for
+/// the checked address, not the name). The addresses returned are the ones
+/// checked, so a second lookup cannot rebind the name elsewhere. Only an
+/// egress source with `socks5_proxy_remote_dns` leaves names unresolved.
 async fn check_destination(
     target: &TargetAddr,
     egress: &Option<Arc<EgressSource>>,
@@ -96,7 +117,7 @@ async fn check_destination(
     }
     let addrs = match target {
         TargetAddr::Ip(a) => vec![*a],
-        TargetAddr::Domain(..) if via_proxy(egress) => Vec::new(),
+        TargetAddr::Domain(..) if resolved_upstream(target, egress) => Vec::new(),
         TargetAddr::Domain(name, _) => {
             let t = ctx.timeout;
             let timed_out = Refusal {

@@ -139,15 +139,38 @@ pub(crate) async fn dial(
             });
         }
         if egress.proxy.is_some() {
-            // Boxed: upstream connects (TLS, a SOCKS5 handshake) are large futures
-            // that would otherwise size every session's task.
-            let up = Box::pin(egress.connect(&plan.target, egress.connect_timeout))
-                .await
-                .map_err(|e| SessionError::Connect {
-                    target: plan.target.to_string(),
-                    code: e.code,
-                    reason: format!("egress source '{}': {e}", egress.name),
-                })?;
+            // The proxy is asked for the addresses the policy checked, in
+            // resolver order; the name itself only with socks5_proxy_remote_dns
+            // (then `addrs` is empty).
+            let targets: Vec<TargetAddr> = if plan.addrs.is_empty() {
+                vec![plan.target.clone()]
+            } else {
+                plan.addrs.iter().map(|a| TargetAddr::Ip(*a)).collect()
+            };
+            let mut last = None;
+            let mut up = None;
+            for t in &targets {
+                // Boxed: upstream connects (TLS, a SOCKS5 handshake) are large
+                // futures that would otherwise size every session's task.
+                match Box::pin(egress.connect(t, egress.connect_timeout)).await {
+                    Ok(c) => {
+                        up = Some(c);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            let up = match (up, last) {
+                (Some(c), _) => c,
+                (None, Some(e)) => {
+                    return Err(SessionError::Connect {
+                        target: plan.target.to_string(),
+                        code: e.code,
+                        reason: format!("egress source '{}': {e}", egress.name),
+                    })
+                }
+                (None, None) => unreachable!("at least one target"),
+            };
             let bound = match &up.proxy_bound {
                 Some(TargetAddr::Ip(a)) => *a,
                 _ => up.local,
