@@ -269,6 +269,32 @@ describe('security (issue 13)', function()
       assert.matches('socks5_proxy_remote_dns: requires socks5_proxy_server', tostring(e))
     end)
 
+    it('probes: other spellings of loopback and "this host" never reach an upstream', function()
+      local guard = H.listener { allow_private_destinations = true, permissions = { allow = { '127.0.0.1' } } }
+      local src = kp.make_egress_source { name = 'spec-sec-probe', socks5_proxy_server = guard:local_addr() }
+      local remote = kp.make_egress_source { name = 'spec-sec-probe-r', socks5_proxy_server = guard:local_addr(),
+        socks5_proxy_remote_dns = true }
+      for _, egress in ipairs { src, remote } do
+        local l = H.listener { protocols = { 'socks5', 'http' }, egress_source = egress }
+        for _, name in ipairs { '0177.0.0.1', '0x7f000001', '127.0.0.1', '0', '0.0.0.0', 'localhost.localdomain.localhost' } do
+          local _, r = socks(l, { host = name, domain = true, port = origin.echo })
+          assert.are.equal('02', r, name)
+        end
+        for _, ip in ipairs { '::ffff:127.0.0.1', '::ffff:0.0.0.0', '::', '::1', '0.0.0.0' } do
+          local _, r = socks(l, { host = ip, port = origin.echo })
+          assert.are.equal('02', r, ip)
+        end
+        for _, target in ipairs { '[::ffff:127.0.0.1]', '[::1]', '127.1', 'LOCALHOST', '[64:ff9b::7f00:1]', '0177.1' } do
+          local status = http(l, target .. ':' .. origin.echo)
+          assert.are.equal('403', status, target)
+        end
+        l:close()
+      end
+      H.quiesce()
+      assert.are.equal(0, guard:stats().accepted, 'a private destination was sent upstream')
+      guard:close()
+    end)
+
     it('NAT64 (64:ff9b::/96) and IPv4-compatible (::a.b.c.d) forms of private IPv4 are refused before anything is sent', function()
       -- The guard upstream only allows loopback: were the front to pass these
       -- on, the guard would see (and refuse) them. It must see nothing.
@@ -291,13 +317,19 @@ describe('security (issue 13)', function()
   end)
 
   it('4: no client text forges a log line at any level (SOCKS user, HTTP user, domain, handler strings; NUL)', function()
-    local forged = '\n2026-01-01T00:00:00.000000Z  INFO forged-%s\0nul\27[2J'
+    -- Newline, NUL, ESC, U+2028 (line separator), U+202E (bidi override), a
+    -- byte that is not UTF-8, DEL.
+    local forged = '\n2026-01-01T00:00:00.000000Z  INFO forged-%s\0nul\27[2J\226\128\168\226\128\174\255\127'
+    -- A Lua string literal of pure ASCII (argv must be UTF-8).
+    local quoted = '"' .. forged:gsub('[%c\128-\255"\\]', function(c) return ('\\%03d'):format(c:byte()) end) .. '"'
     local script = ([[
       local kp = require 'kumoproxy'
       local function hex(s) return (s:gsub('.', function(c) return ('%%02x'):format(c:byte()) end)) end
-      local forged = %q
+      local forged = %s
       kp.on('proxy_server_auth_rfc1929', function(user)
-        if user == 'h' then return { identities = { { identity = 'h' .. forged:format('handler'), context = 'X' .. forged:format('ctx') } } } end
+        -- (Identities are Lua strings made UTF-8: no \255 there.)
+        local f = forged:gsub('\255', '')
+        if user == 'h' then return { identities = { { identity = 'h' .. f:format('handler'), context = 'X' .. f:format('ctx') } } } end
         return true
       end)
       kp.on('http_server_validate_auth_basic', function() return true end)
@@ -319,13 +351,16 @@ describe('security (issue 13)', function()
       kp.on('http_server_validate_auth_basic', function() error('boom' .. forged:format('error')) end)
       run { 'http', '--proxy', proxy, '--target', '127.0.0.1:%d', '--basic-hex', hex('e' .. forged:format('http-error') .. ':pw') }
       l:close()
-    ]]):format(forged, origin.echo, origin.echo, origin.echo, origin.echo, origin.echo)
+    ]]):format(quoted, origin.echo, origin.echo, origin.echo, origin.echo, origin.echo)
     for _, level in ipairs { 'trace', 'debug', 'info', 'warn', 'error' } do
       local out, rc, err = child(script, { 'KUMOPROXY_LOG=' .. level }, 60)
       assert.are.equal(0, rc, err)
       assert.matches('data=ping', out)
       assert.is_nil(err:find('\0', 1, true), level .. ': a raw NUL in the log')
       assert.is_nil(err:find('\27', 1, true), level .. ': a raw ESC in the log')
+      for _, raw in ipairs { '\226\128\168', '\226\128\174', '\255', '\127' } do
+        assert.is_nil(err:find(raw, 1, true), level .. ': a raw ' .. H.hex(raw) .. ' in the log')
+      end
       for line in err:gmatch('[^\n]+') do
         assert.is_nil(line:find('^2026%-01%-01T00:00:00%.000000Z'), level .. ': forged line: ' .. line)
         assert.truthy(line:find('^%d%d%d%d%-%d%d%-%d%dT'), level .. ': a line not made by the logger: ' .. line)
