@@ -93,6 +93,7 @@ impl fmt::Debug for Proxy {
             .field("source_address", &self.source_address)
             .field("credentials", &self.credentials)
             .field("tls", &self.tls)
+            .field("remote_dns", &self.remote_dns)
             .finish()
     }
 }

@@ -147,30 +147,26 @@ pub(crate) async fn dial(
             } else {
                 plan.addrs.iter().map(|a| TargetAddr::Ip(*a)).collect()
             };
-            let mut last = None;
-            let mut up = None;
+            let mut result = Err(None);
             for t in &targets {
                 // Boxed: upstream connects (TLS, a SOCKS5 handshake) are large
                 // futures that would otherwise size every session's task.
                 match Box::pin(egress.connect(t, egress.connect_timeout)).await {
                     Ok(c) => {
-                        up = Some(c);
+                        result = Ok(c);
                         break;
                     }
-                    Err(e) => last = Some(e),
+                    Err(e) => result = Err(Some(e)),
                 }
             }
-            let up = match (up, last) {
-                (Some(c), _) => c,
-                (None, Some(e)) => {
-                    return Err(SessionError::Connect {
-                        target: plan.target.to_string(),
-                        code: e.code,
-                        reason: format!("egress source '{}': {e}", egress.name),
-                    })
-                }
-                (None, None) => unreachable!("at least one target"),
-            };
+            let up = result.map_err(|e| SessionError::Connect {
+                target: plan.target.to_string(),
+                code: e.as_ref().map_or(reply::GENERAL_FAILURE, |e| e.code),
+                reason: match e {
+                    Some(e) => format!("egress source '{}': {e}", egress.name),
+                    None => format!("egress source '{}': no address to try", egress.name),
+                },
+            })?;
             let bound = match &up.proxy_bound {
                 Some(TargetAddr::Ip(a)) => *a,
                 _ => up.local,
