@@ -129,6 +129,48 @@ describe('security (issue 13)', function()
       assert.are.equal(2, calls)
       l:close()
     end)
+    it('auth_http verdicts likewise; cache_scope = credentials (Lua or auth_http) widens an acceptance on purpose', function()
+      local f = assert(io.popen(('exec python3 spec/support/auth_service.py --parent-pid %d --max-seconds 300 --allow-port 1'):format(H.pid())))
+      local line = assert(f:read('*l'))
+      local pid, port = line:match('pid=(%d+)'), line:match('port=(%d+)')
+      finally(function() os.execute('kill ' .. pid .. ' 2>/dev/null'); f:close() end)
+      local function calls(path)
+        local out = H.sh { 'curl', '-sS', ('http://127.0.0.1:%s/calls'):format(port) }
+        return tonumber(out:match('"' .. path .. '": (%d+)')) or 0
+      end
+      local function three(l)
+        for _, src in ipairs { '127.0.0.2', '127.0.0.3', '127.0.0.2' } do
+          local a = socks(l, { user = 'bob', pass = 'hunter2', port = origin.echo, source = src })
+          assert.are.equal('ok', a, src)
+        end
+      end
+      local function listener(path)
+        return H.listener { require_auth = true, trusted_hosts = {}, allow_private_destinations = true,
+          auth_failure_delay = false, auth_cache = { ttl = '60 seconds' },
+          auth_http = { url = ('http://127.0.0.1:%s%s'):format(port, path) } }
+      end
+      local l = listener('/check')
+      three(l)
+      assert.are.equal(2, calls('/check'), 'auth_http asked once per peer IP')
+      l:close()
+      l = listener('/wide')
+      three(l)
+      assert.are.equal(1, calls('/wide'), '"cache_scope": "credentials" reused from any address')
+      l:close()
+      -- Lua: the same opt-in.
+      local n = 0
+      kp.on(AUTH, function(user) n = n + 1; return { identities = { user }, cache_scope = 'credentials' } end)
+      l = H.listener { require_auth = true, trusted_hosts = {}, allow_private_destinations = true,
+        auth_failure_delay = false, auth_cache = { ttl = '60 seconds' } }
+      three(l)
+      assert.are.equal(1, n)
+      l:close()
+      -- A bad value makes the AuthInfo invalid (fails closed).
+      kp.on(AUTH, function(user) return { identities = { user }, cache_scope = 'everything' } end)
+      l = H.listener { require_auth = true, trusted_hosts = {}, allow_private_destinations = true, auth_failure_delay = false }
+      assert.are.equal('fail', (socks(l, { user = 'bob', pass = 'x', port = origin.echo })))
+      l:close()
+    end)
   end)
 
   describe('2: one cache entry per event, nil and "" distinct', function()
