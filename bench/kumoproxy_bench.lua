@@ -7,8 +7,10 @@
 --   authcache: the same with auth_cache, so repeat logins skip Lua (where supported)
 --   tls:   use_tls with a self-signed certificate for 'localhost', written to CERT_FILE
 --   copy:  use_splice = false (userspace copy, as the TLS relay does), for reference
+--   pp:    proxy_protocol from 127.0.0.1: clients send a PROXY v2 header first
+--          (socksbench --proxy-v2), as behind a load balancer
 --
--- Prints one line "READY plain=ADDR auth=ADDR tls=ADDR copy=ADDR [authcache=ADDR]"
+-- Prints one line "READY plain=ADDR auth=ADDR tls=ADDR copy=ADDR [authcache=ADDR] [pp=ADDR]"
 -- and serves until SIGTERM.
 local kumoproxy = require 'kumoproxy'
 
@@ -42,6 +44,16 @@ local tls = listener {
 
 local copy = listener { listen = '127.0.0.1:0', timeout = timeout, use_splice = false }
 
+-- Behind a load balancer: every connection from 127.0.0.1 starts with a PROXY
+-- header (socksbench --proxy-v2). Builds without proxy_protocol skip it.
+local okpp, pp = pcall(listener, {
+  listen = '127.0.0.1:0', timeout = timeout, proxy_protocol = { from = { '127.0.0.1' } },
+})
+if not okpp then
+  io.stderr:write('no proxy_protocol listener: ', tostring(pp), '\n')
+  pp = nil
+end
+
 -- Builds without auth_cache reject the key: measure the uncached handler only.
 local ok, authcache = pcall(listener, {
   listen = '127.0.0.1:0', timeout = timeout, require_auth = true, trusted_hosts = {},
@@ -56,8 +68,9 @@ local f = assert(io.open(cert_file, 'w'))
 f:write(tls:certificate_pem())
 f:close()
 
-print(('READY plain=%s auth=%s tls=%s copy=%s%s'):format(
+print(('READY plain=%s auth=%s tls=%s copy=%s%s%s'):format(
   plain:local_addr(), auth:local_addr(), tls:local_addr(), copy:local_addr(),
-  authcache and (' authcache=' .. authcache:local_addr()) or ''))
+  authcache and (' authcache=' .. authcache:local_addr()) or '',
+  pp and (' pp=' .. pp:local_addr()) or ''))
 io.stdout:flush()
 kumoproxy.run { grace = 0 }

@@ -209,6 +209,17 @@ def render(results, a):
             rows.append([f"{l} ÷ {base}"] + [rfmt(ratio(gc(l, c), gc(base, c))) for c in (1, 16, 64)])
         say(table(head, rows) + "\n")
 
+    pp = present(results, "cycles", [l + "+pp" for l in kps])
+    cycles_table(pp, "Connection rate behind a load balancer (PROXY protocol v2)",
+                 "As the plain cycles, on a listener with `proxy_protocol = { from = { '127.0.0.1' } }`: "
+                 "every connection starts with a 28-byte PROXY v2 header naming 127.0.0.2 "
+                 "(`socksbench --proxy-v2`), which the listener reads before SOCKS5.")
+    if pp:
+        head = ["PROXY v2 ÷ plain", "c=1", "c=16", "c=64"]
+        rows = [[f"{l} ÷ {l.split('+')[0]}"] + [rfmt(ratio(gc(l, c), gc(l.split("+")[0], c))) for c in (1, 16, 64)]
+                for l in pp]
+        say(table(head, rows) + "\n")
+
     # ---------------------------------------------------------------- TLS
     tls = present(results, "cycles", [l + "-tls" for l in kps]) + \
         present(results, "cycles", [l + "-tls[full-handshake]" for l in kps])
@@ -310,6 +321,11 @@ def render(results, a):
             r = ratio(ka, k)
             rows.append([f"auth conn/s at c=64 ({what}): ≥ 0.7× no-auth", f"{fmt(ka, 0)} = {rfmt(r)}",
                          "met" if r >= 0.7 else "**not met**"])
+    kpp = gc("kumoproxy+pp", 64)
+    if kpp is not None and k is not None:
+        r = ratio(kpp, k)
+        rows.append(["conn/s at c=64 with PROXY v2 headers: ≥ 0.95× without", f"{fmt(kpp, 0)} = {rfmt(r)}",
+                     "met" if r >= 0.95 else "**not met**"])
     big = [r for r in idle if r["label"] == "kumoproxy" and r["requested"] >= 9000]
     for r in big:
         ok = (r.get("kib_rss_per_relay") or 99) <= 8 and (r.get("fds_per_relay") or 99) <= 2 \

@@ -7,9 +7,11 @@
 #
 # Targets: greeting, userpass, request, reply (the socks5.rs codecs), http_head
 # (http_connect.rs: request head, CONNECT target, Basic credentials), session
-# (a whole server session over an in-memory stream) and client_text (the log
-# escaping of client bytes, proto/text.rs). Inputs start from the
-# committed corpus fuzz/corpus/TARGET; new inputs go to fuzz/work/TARGET and
+# (a whole server session over an in-memory stream), proxy_header
+# (proto/proxy_header.rs: PROXY protocol v1/v2 parse and builders),
+# proxy_session (a whole session behind proxy_protocol, over loopback TCP) and
+# client_text (the log escaping of client bytes, proto/text.rs). Inputs
+# start from the committed corpus fuzz/corpus/TARGET; new inputs go to fuzz/work/TARGET and
 # crashes to fuzz/artifacts/TARGET/ (both ignored by git).
 #
 # Stable Rust only: this passes rustc the flags `cargo fuzz build -s none`
@@ -36,7 +38,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     mode=(-max_total_time="$1")
     shift
 fi
-all_targets="greeting userpass request reply http_head session client_text"
+all_targets="greeting userpass request reply http_head session proxy_header proxy_session client_text"
 targets=${*:-$all_targets}
 
 triple=$(rustc -vV | sed -n 's/^host: //p')

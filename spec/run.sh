@@ -6,7 +6,7 @@
 # Expects build/lua5.4/kumoproxy.so and build/luajit/kumoproxy.so (bash .ci/run
 # builds them). Environment:
 #   KUMOPROXY_INTERPRETERS  which to run, default "lua5.4 luajit"
-#   KUMOPROXY_SPEC_TIMEOUT  seconds per interpreter run, default 480
+#   KUMOPROXY_SPEC_TIMEOUT  seconds per interpreter run, default 900
 #   KUMOPROXY_SUMMARY_FILE  if set, one "passed failed" line per interpreter
 #                           is appended to it (.ci/run adds them up)
 # Last line of output: "N passed, N failed" over all interpreters. A run that
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 interpreters=${KUMOPROXY_INTERPRETERS:-lua5.4 luajit}
-spec_timeout=${KUMOPROXY_SPEC_TIMEOUT:-480}
+spec_timeout=${KUMOPROXY_SPEC_TIMEOUT:-900}
 busted_bin=$(command -v busted || true)
 [ $# -gt 0 ] || set -- spec
 # Session failures are logged at warn; specs provoke many on purpose.

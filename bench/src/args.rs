@@ -8,7 +8,7 @@ pub struct Args {
 }
 
 /// Options that take no value.
-const FLAGS: &[&str] = &["no-zerocopy", "tls-no-resume"];
+const FLAGS: &[&str] = &["no-zerocopy", "tls-no-resume", "proxy-v2"];
 
 impl Args {
     pub fn parse(mut it: impl Iterator<Item = String>) -> Self {

@@ -10,7 +10,8 @@
 //!   free-port                                   prints a free loopback TCP port
 //!
 //! Common options: --user U --pass P (RFC 1929), --tls-ca FILE [--tls-name NAME]
-//! [--tls-no-resume] (TLS to the proxy), --proxy-pid PID (its process tree is
+//! [--tls-no-resume] (TLS to the proxy), --proxy-v2 (a PROXY v2 header naming
+//! 127.0.0.2 first, as a load balancer would), --proxy-pid PID (its process tree is
 //! measured from /proc), --aux-pids PID,PID (harness processes such as the sink,
 //! counted as harness CPU), --duration S, --warmup S, --quiet-wait S, --label TEXT.
 //!

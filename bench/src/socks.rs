@@ -20,6 +20,22 @@ pub struct Config {
     pub target: SocketAddr,
     pub auth: Option<(String, String)>,
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// `--proxy-v2`: start each connection with a PROXY v2 header naming
+    /// 127.0.0.2 as the client, as a load balancer in front would.
+    pub proxy_v2: bool,
+}
+
+/// PROXY v2, PROXY command, TCP over IPv4: 127.0.0.2:<our port> -> `proxy`.
+fn proxy_v2_header(local: SocketAddr, proxy: SocketAddr) -> Res<Vec<u8>> {
+    let SocketAddr::V4(dst) = proxy else {
+        return Err("--proxy-v2 needs an IPv4 proxy".into());
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    h.extend_from_slice(&[127, 0, 0, 2]);
+    h.extend_from_slice(&dst.ip().octets());
+    h.extend_from_slice(&local.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    Ok(h)
 }
 
 impl Config {
@@ -56,6 +72,7 @@ impl Config {
             target,
             auth,
             tls,
+            proxy_v2: a.flag("proxy-v2"),
         })
     }
 
@@ -66,8 +83,11 @@ impl Config {
             s.set_nodelay(true)?;
             return Ok(Conn::Plain(s));
         };
-        let s = TcpStream::connect(proxy).await?;
+        let mut s = TcpStream::connect(proxy).await?;
         s.set_nodelay(true)?;
+        if self.proxy_v2 {
+            s.write_all(&proxy_v2_header(s.local_addr()?, proxy)?).await?;
+        }
         let mut c = match &self.tls {
             None => Conn::Plain(s),
             Some((connector, name)) => {

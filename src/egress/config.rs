@@ -14,6 +14,17 @@ impl EgressSource {
         if connect_timeout.is_zero() {
             return Err(bad("connect_timeout", "must be greater than zero"));
         }
+        let ha_proxy = crate::egress::haproxy::settings(
+            s.ha_proxy_server.as_deref(),
+            s.ha_proxy_source_address,
+        )
+        .map_err(|(key, msg)| bad(key, msg))?;
+        if ha_proxy.is_some() && s.proxy_server.is_some() {
+            return Err(bad(
+                "ha_proxy_server",
+                "cannot be combined with socks5_proxy_server",
+            ));
+        }
         let Some(server) = s.proxy_server else {
             // Every proxy-only option is a mistake without a proxy: refuse it rather
             // than connect directly and ignore the credentials or TLS the user wanted.
@@ -37,6 +48,7 @@ impl EgressSource {
                 name: s.name,
                 source_address: s.source_address,
                 proxy: None,
+                ha_proxy,
                 connect_timeout,
             });
         };
@@ -114,6 +126,7 @@ impl EgressSource {
                 tls,
                 remote_dns: s.remote_dns.unwrap_or(false),
             }),
+            ha_proxy: None,
             connect_timeout,
         })
     }

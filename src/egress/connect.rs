@@ -1,6 +1,7 @@
 //! Reaching a destination through an egress source: directly from its source
 //! address, or via its SOCKS5 proxy (TLS, greeting, auth, BIND, CONNECT).
 
+use crate::egress::haproxy::HaProxy;
 use crate::egress::socks5_client::handshake;
 use crate::egress::source::*;
 use crate::egress::tls::tls_error;
@@ -20,9 +21,10 @@ impl EgressSource {
         timeout: Duration,
     ) -> Result<Connected, EgressError> {
         let deadline = Instant::now() + timeout;
-        let r = match &self.proxy {
-            None => self.connect_direct(target, deadline).await,
-            Some(p) => self.connect_via(p, target, deadline).await,
+        let r = match (&self.proxy, &self.ha_proxy) {
+            (Some(p), _) => self.connect_via(p, target, deadline).await,
+            (None, Some(ha)) => self.connect_haproxy(ha, target, deadline).await,
+            (None, None) => self.connect_direct(target, deadline).await,
         };
         match &r {
             Ok(c) => tracing::debug!(
@@ -65,6 +67,61 @@ impl EgressSource {
             local,
             peer,
             proxy_bound: None,
+        })
+    }
+
+    /// Through HAProxy (`ha_proxy_server`): TCP to it, then the v2 header
+    /// naming the chosen source and the destination (resolved here, keeping
+    /// the source's family; the first address is used: HAProxy dials it).
+    async fn connect_haproxy(
+        &self,
+        ha: &HaProxy,
+        target: &TargetAddr,
+        deadline: Instant,
+    ) -> Result<Connected, EgressError> {
+        let server = ha.server;
+        let dest = *resolve(target, Some(ha.source_address))
+            .await?
+            .first()
+            .ok_or_else(|| {
+                fail(
+                    reply::ADDRESS_TYPE_NOT_SUPPORTED,
+                    format!(
+                        "{target} has no address of ha_proxy_source_address {}'s family",
+                        ha.source_address
+                    ),
+                )
+            })?;
+        let tcp = within(
+            left(deadline),
+            fail(
+                reply::TTL_EXPIRED,
+                format!("timeout connecting to HAProxy {server}"),
+            ),
+            async {
+                let mut tcp = dial(&[server], self.source_address).await.map_err(|e| {
+                    fail(
+                        reply::GENERAL_FAILURE,
+                        format!("connect to HAProxy {server}: {e}"),
+                    )
+                })?;
+                ha.send_header(&mut tcp, dest).await.map_err(|e| {
+                    fail(
+                        reply::GENERAL_FAILURE,
+                        format!("sending the PROXY header to HAProxy {server}: {e}"),
+                    )
+                })?;
+                Ok(tcp)
+            },
+        )
+        .await?;
+        let (local, peer) = addrs_of(&tcp)?;
+        Ok(Connected {
+            stream: EgressStream::Plain(tcp),
+            local,
+            peer,
+            // What the destination sees: the chosen source (HAProxy picks the port).
+            proxy_bound: Some(TargetAddr::Ip(SocketAddr::new(ha.source_address, 0))),
         })
     }
 

@@ -10,6 +10,7 @@
 
 mod config;
 mod connect;
+pub mod haproxy;
 mod socks5_client;
 pub mod source;
 mod tls;

@@ -25,6 +25,8 @@ pub struct Settings {
     pub tls_insecure: Option<bool>,
     pub tls_server_name: Option<String>,
     pub connect_timeout: Option<Duration>,
+    pub ha_proxy_server: Option<String>,
+    pub ha_proxy_source_address: Option<IpAddr>,
     /// `socks5_proxy_remote_dns`: send client-requested names to the proxy
     /// unresolved (opt-in; see `Proxy::remote_dns`).
     pub remote_dns: Option<bool>,
@@ -50,6 +52,8 @@ pub struct EgressSource {
     /// Bound before connecting: to the destination, or to the proxy.
     pub source_address: Option<IpAddr>,
     pub proxy: Option<Proxy>,
+    /// `ha_proxy_server`: through HAProxy with a PROXY v2 header (never with `proxy`).
+    pub ha_proxy: Option<crate::egress::haproxy::HaProxy>,
     pub connect_timeout: Duration,
 }
 
@@ -80,6 +84,7 @@ impl fmt::Debug for EgressSource {
             .field("name", &self.name)
             .field("source_address", &self.source_address)
             .field("proxy", &self.proxy)
+            .field("ha_proxy", &self.ha_proxy)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }

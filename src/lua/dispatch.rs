@@ -204,7 +204,7 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
     }
 }
 
-/// `true` / `false` / `{ destination, source_address, egress_source }`.
+/// `true` / `false` / `{ destination, source_address, egress_source, send_proxy_protocol }`.
 fn request_verdict(lua: &Lua, ret: Value) -> crate::policy::events::RequestVerdict {
     let t = match ret {
         Value::Boolean(true) => return Ok(Overrides::default()),
@@ -252,9 +252,12 @@ fn request_verdict(lua: &Lua, ret: Value) -> crate::policy::events::RequestVerdi
                         .map_err(|e| bad(format!("egress_source: {e}")))?,
                 );
             }
+            "send_proxy_protocol" => {
+                over.send_proxy = Some(crate::lua::proxy_protocol::send_override(&v).map_err(bad)?);
+            }
             other => {
                 return Err(bad(format!(
-                    "unknown key '{other}' (known: destination, source_address, egress_source)"
+                    "unknown key '{other}' (known: destination, source_address, egress_source, send_proxy_protocol)"
                 )))
             }
         }
@@ -353,6 +356,7 @@ pub fn conn_meta_table(lua: &Lua, meta: &ConnMeta) -> mlua::Result<Table> {
     if let Some(who) = &meta.http_auth {
         t.set("http_auth", who.as_str())?;
     }
+    crate::lua::proxy_protocol::conn_meta_fields(lua, meta, &t)?;
 
     Ok(t)
 }

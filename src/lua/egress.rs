@@ -51,6 +51,8 @@ fn make_egress_source(v: Value) -> mlua::Result<LuaEgressSource> {
             Value::Nil => None,
             v => Some(parse_duration(&v).map_err(|e| p.key_err("connect_timeout", e))?),
         },
+        ha_proxy_server: p.string("ha_proxy_server")?,
+        ha_proxy_source_address: p.ip("ha_proxy_source_address")?,
         remote_dns: opt_bool(&mut p, "socks5_proxy_remote_dns")?,
     };
     p.finish()?;

@@ -92,6 +92,7 @@ fn http_config(v: Value) -> mlua::Result<Config> {
     let certificate = pem_param(&mut p, "start_http_listener", "tls_certificate")?;
     let private_key = pem_param(&mut p, "start_http_listener", "tls_private_key")?;
     let hostname = p.string("hostname")?;
+    c.proxy_protocol = crate::lua::proxy_protocol::inbound_param(&mut p)?;
     p.finish()?;
     if listen.is_none() {
         return Err(missing_listen);

@@ -56,6 +56,8 @@ pub(crate) fn listener_config(v: Value) -> mlua::Result<Config> {
         ));
     }
     c.protocols = crate::lua::http::protocols_param(&mut p)?;
+    c.proxy_protocol = crate::lua::proxy_protocol::inbound_param(&mut p)?;
+    c.send_proxy = crate::lua::proxy_protocol::send_param(&mut p)?;
     auth_params(&mut p, &mut c)?;
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;

@@ -17,6 +17,7 @@ pub mod http;
 pub mod listener;
 pub mod listener_params;
 pub mod params;
+pub mod proxy_protocol;
 pub mod pumping;
 
 use crate::host::runtime;

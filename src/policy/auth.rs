@@ -46,8 +46,10 @@ where
     let state = ctx.state;
     let ip = meta.peer.0.ip();
     state.delay.wait(ip, ctx.timeout).await;
-    let key = crate::policy::auth_cache::CacheKey::new(context, meta, username, password);
-    if let Some(hit) = state.cache.as_ref().and_then(|c| c.get(&key)) {
+    // Made where used, not held across the awaits below: every byte kept
+    // across an await grows each session's task.
+    let key = || crate::policy::auth_cache::CacheKey::new(context, meta, username, password);
+    if let Some(hit) = state.cache.as_ref().and_then(|c| c.get(&key())) {
         if hit.is_err() {
             state.delay.record_failure(ip);
         }
@@ -62,8 +64,8 @@ where
     };
     if let Some(cache) = &state.cache {
         match &verdict {
-            Ok(info) => cache.put(&key, Ok(info.clone())),
-            Err(d) if d.cacheable => cache.put(&key, Err(d.reason.clone())),
+            Ok(info) => cache.put(&key(), Ok(info.clone())),
+            Err(d) if d.cacheable => cache.put(&key(), Err(d.reason.clone())),
             Err(_) => {}
         }
     }
@@ -86,9 +88,16 @@ pub async fn check_rfc1929(
     ctx: &AuthContext<'_>,
 ) -> Result<AuthInfo, String> {
     let (u, p) = (username.clone(), password.clone());
-    check_credentials(&u, Some(&p), meta, ctx, CONTEXT_RFC1929, || {
-        ask_rfc1929(username, password, meta, ctx)
-    })
+    // Boxed: the check (cache key, delay, the question to Lua or auth_http)
+    // runs once per session and would otherwise size every session's task.
+    Box::pin(check_credentials(
+        &u,
+        Some(&p),
+        meta,
+        ctx,
+        CONTEXT_RFC1929,
+        || ask_rfc1929(username, password, meta, ctx),
+    ))
     .await
 }
 
@@ -185,6 +194,8 @@ mod tests {
             local: LocalAddr(([127, 0, 0, 1], 1080).into()),
             tls_client: None,
             http_auth: None,
+            proxy_peer: None,
+            proxy_tlvs: None,
         })
     }
 

@@ -53,6 +53,9 @@ pub struct CacheKey<'a> {
     pub local: SocketAddr,
     /// SHA-256 of the client certificate, when one was presented.
     pub tls_client: Option<&'a [u8; 32]>,
+    /// Through a load balancer (`proxy_protocol`): SHA-256 of the balancer's
+    /// IP and the PROXY v2 TLVs, which handlers see too.
+    pub via: Option<[u8; 32]>,
     pub username: &'a [u8],
     /// `None` (HTTP Basic without a colon) is not `Some(b"")`: handlers see
     /// `nil` and `""` and may decide differently.
@@ -71,6 +74,18 @@ impl<'a> CacheKey<'a> {
             peer_ip: crate::policy::permissions::canonical(meta.peer.0.ip()),
             local: meta.local.0,
             tls_client: meta.tls_client.as_ref().map(|c| &c.fingerprint),
+            via: meta.proxy_peer.map(|b| {
+                let seen = format!(
+                    "{} {:?}",
+                    crate::policy::permissions::canonical(b.ip()),
+                    meta.proxy_tlvs
+                );
+                let mut out = [0u8; 32];
+                out.copy_from_slice(
+                    ring::digest::digest(&ring::digest::SHA256, seen.as_bytes()).as_ref(),
+                );
+                out
+            }),
             username,
             password,
         }
@@ -130,6 +145,10 @@ fn digest(k: &CacheKey, wide: bool) -> [u8; 32] {
         field(k.local.to_string().as_bytes());
         match k.tls_client {
             Some(f) => field(f),
+            None => field(b"-"),
+        }
+        match &k.via {
+            Some(v) => field(v),
             None => field(b"-"),
         }
     }
@@ -364,6 +383,8 @@ mod tests {
             local: crate::host::net::LocalAddr(([127, 0, 0, 1], 1080).into()),
             tls_client: None,
             http_auth: None,
+            proxy_peer: None,
+            proxy_tlvs: None,
         }
     }
 
@@ -373,6 +394,7 @@ mod tests {
             peer_ip: [10, 0, 0, 1].into(),
             local: ([127, 0, 0, 1], 1080).into(),
             tls_client: None,
+            via: None,
             username: user,
             password: Some(pw),
         }
@@ -407,6 +429,10 @@ mod tests {
             },
             CacheKey {
                 tls_client: Some(&[7; 32]),
+                ..base
+            },
+            CacheKey {
+                via: Some([1; 32]),
                 ..base
             },
             CacheKey {

@@ -87,6 +87,8 @@ pub struct Overrides {
     pub destination: Option<TargetAddr>,
     pub source_address: Option<IpAddr>,
     pub egress: Option<Arc<EgressSource>>,
+    /// `send_proxy_protocol = 'v1' | 'v2' | false`: `Some(None)` clears it.
+    pub send_proxy: Option<Option<crate::proto::proxy_header::SendProxy>>,
 }
 
 /// `Err` = refused, with the reason for the log.

@@ -118,6 +118,11 @@ pub struct ConnMeta {
     /// HTTP front-ends: who the request authenticated as (Basic user, or the
     /// peer address of a trusted host); `conn_meta.http_auth` in Lua.
     pub http_auth: Option<String>,
+    /// Through a load balancer (`proxy_protocol`): the balancer, while `peer`
+    /// is the client its PROXY header named. `conn_meta.proxy_peer_address`.
+    pub proxy_peer: Option<std::net::SocketAddr>,
+    /// The v2 header's TLVs (`conn_meta.proxy_tlvs`); `None` without one.
+    pub proxy_tlvs: Option<Arc<crate::proto::proxy_header::Tlvs>>,
 }
 
 /// Peers allowed to proceed without credentials. Default: loopback only, so a

@@ -9,6 +9,7 @@ use crate::host::net::within;
 use crate::policy::events::{Event, Overrides, RequestInfo, EVENT_REQUEST};
 use crate::policy::identity::{AuthInfo, ConnMeta};
 use crate::policy::permissions::{self, Permissions};
+use crate::proto::proxy_header::SendProxy;
 use crate::proto::socks5::{reply, TargetAddr};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct RequestContext<'a> {
     /// Bounds DNS lookups and the wait for a Lua decision.
     pub timeout: std::time::Duration,
     pub pump: &'a crate::policy::events::EventPump,
+    /// The listener's `send_proxy_protocol`.
+    pub send_proxy: Option<SendProxy>,
 }
 
 /// Why a request does not go ahead. `denied` ones get reply 0x02 and count in
@@ -57,6 +60,10 @@ pub struct Plan {
     pub addrs: Vec<SocketAddr>,
     pub source: Option<IpAddr>,
     pub egress: Option<Arc<EgressSource>>,
+    /// A PROXY header to send the destination first, naming `client`.
+    pub send_proxy: Option<SendProxy>,
+    /// The client as the session sees it (the original one behind a balancer).
+    pub client: SocketAddr,
 }
 
 fn layers<'a>(ctx: &'a RequestContext<'a>, auth: &'a AuthInfo) -> Vec<&'a Permissions> {
@@ -156,6 +163,8 @@ pub async fn plan_connect(
         addrs: Vec::new(),
         source: None,
         egress: ctx.egress.cloned(),
+        send_proxy: ctx.send_proxy,
+        client: meta.peer.0,
     };
     plan.addrs = check_destination(&plan.target, &plan.egress, auth, ctx).await?;
     let info = RequestInfo {
@@ -176,6 +185,9 @@ pub async fn plan_connect(
     if let Some(ip) = over.source_address {
         check_source(ctx, ip, 0)?;
         plan.source = Some(ip);
+    }
+    if let Some(send) = over.send_proxy {
+        plan.send_proxy = send;
     }
     if recheck {
         // A rewrite is held to the same rules as the client's own request.
@@ -201,9 +213,9 @@ pub async fn plan_bind(
     let Some(over) = ask(info, auth, meta, ctx).await? else {
         return Ok(source);
     };
-    if over.destination.is_some() || over.egress.is_some() {
+    if over.destination.is_some() || over.egress.is_some() || over.send_proxy.is_some() {
         let why = format!(
-            "{EVENT_REQUEST} handler returned destination or egress_source for a bind request (only source_address applies)"
+            "{EVENT_REQUEST} handler returned destination, egress_source or send_proxy_protocol for a bind request (only source_address applies)"
         );
         tracing::error!("{why}");
         return Err(Refusal::denied(why));

@@ -3,5 +3,6 @@
 //! against this layer.
 
 pub mod http;
+pub mod proxy_header;
 pub mod socks5;
 pub mod text;

@@ -58,6 +58,10 @@ pub struct Config {
     pub allowed_source_addresses: Option<Vec<ipnet::IpNet>>,
     /// Which protocols this port speaks; the client's first byte picks one.
     pub protocols: Protocols,
+    /// `proxy_protocol = { from = {...} }`: balancers that send a PROXY header.
+    pub proxy_protocol: Option<crate::server::proxy_inbound::InboundConfig>,
+    /// `send_proxy_protocol`: a PROXY header to each destination.
+    pub send_proxy: Option<crate::proto::proxy_header::SendProxy>,
     /// Set by `start`: TCP_NODELAY and keepalive were set on the listening socket,
     /// and accepted sockets inherit them (Linux), so sessions skip those syscalls.
     pub sockopts_inherited: bool,
@@ -117,6 +121,8 @@ impl Config {
             auth_failure_delay: Some(crate::policy::auth_cache::DelayConfig::default()),
             permissions: Arc::new(crate::policy::permissions::Permissions::private_destinations()),
             allowed_source_addresses: None,
+            proxy_protocol: None,
+            send_proxy: None,
             sockopts_inherited: false,
         }
     }
@@ -183,6 +189,7 @@ impl Shared {
             egress: self.config.egress.as_ref(),
             timeout: self.config.timeout,
             pump: &self.pump,
+            send_proxy: self.config.send_proxy,
         }
     }
 

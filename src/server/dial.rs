@@ -120,9 +120,35 @@ pub(crate) struct Dialed {
 /// `SessionError::Connect` carrying the reply code.
 pub(crate) async fn dial(
     plan: &Plan,
-    mut bound: Option<TcpSocket>,
+    bound: Option<TcpSocket>,
     shared: &Shared,
 ) -> Result<Dialed, SessionError> {
+    let (mut dialed, destination) = dial_only(plan, bound, shared).await?;
+    if let Some(send) = plan.send_proxy {
+        crate::server::proxy_inbound::send_header(
+            &mut dialed.stream,
+            send,
+            plan.client,
+            destination,
+            shared.config.timeout,
+        )
+        .await
+        .map_err(|reason| SessionError::Connect {
+            target: plan.target.to_string(),
+            code: reply::GENERAL_FAILURE,
+            reason,
+        })?;
+    }
+    Ok(dialed)
+}
+
+/// `dial` without the PROXY header; also returns the destination address
+/// the header names (`None` when an upstream proxy resolved a name).
+async fn dial_only(
+    plan: &Plan,
+    mut bound: Option<TcpSocket>,
+    shared: &Shared,
+) -> Result<(Dialed, Option<SocketAddr>), SessionError> {
     let mut timeout = shared.config.timeout;
     let mut source = plan.source;
     if let Some(egress) = &plan.egress {
@@ -138,28 +164,22 @@ pub(crate) async fn dial(
                 ),
             });
         }
-        if egress.proxy.is_some() {
+        if egress.proxy.is_some() || egress.ha_proxy.is_some() {
             // The proxy is asked for the addresses the policy checked, in
             // resolver order; the name itself only with socks5_proxy_remote_dns
-            // (then `addrs` is empty).
-            let targets: Vec<TargetAddr> = if plan.addrs.is_empty() {
+            // (then `addrs` is empty). HAProxy gets the checked address of its
+            // source's family.
+            let targets: Vec<TargetAddr> = if egress.ha_proxy.is_some() {
+                vec![checked_target(egress, plan)]
+            } else if plan.addrs.is_empty() {
                 vec![plan.target.clone()]
             } else {
                 plan.addrs.iter().map(|a| TargetAddr::Ip(*a)).collect()
             };
-            let mut result = Err(None);
-            for t in &targets {
-                // Boxed: upstream connects (TLS, a SOCKS5 handshake) are large
-                // futures that would otherwise size every session's task.
-                match Box::pin(egress.connect(t, egress.connect_timeout)).await {
-                    Ok(c) => {
-                        result = Ok(c);
-                        break;
-                    }
-                    Err(e) => result = Err(Some(e)),
-                }
-            }
-            let up = result.map_err(|e| SessionError::Connect {
+            // Boxed: upstream connects (TLS, a SOCKS5 handshake) are large
+            // futures that would otherwise size every session's task.
+            let result = Box::pin(connect_upstream(egress, &targets)).await;
+            let (up, target) = result.map_err(|e| SessionError::Connect {
                 target: plan.target.to_string(),
                 code: e.as_ref().map_or(reply::GENERAL_FAILURE, |e| e.code),
                 reason: match e {
@@ -171,10 +191,17 @@ pub(crate) async fn dial(
                 Some(TargetAddr::Ip(a)) => *a,
                 _ => up.local,
             };
-            return Ok(Dialed {
-                stream: up.stream,
-                bound,
-            });
+            let destination = match target {
+                TargetAddr::Ip(a) => Some(a),
+                TargetAddr::Domain(..) => None,
+            };
+            return Ok((
+                Dialed {
+                    stream: up.stream,
+                    bound,
+                },
+                destination,
+            ));
         }
         source = egress.source_address;
         timeout = egress.connect_timeout;
@@ -187,8 +214,41 @@ pub(crate) async fn dial(
     let bound = remote
         .local_addr()
         .map_err(|e| SessionError::Io("reading bound address", e))?;
-    Ok(Dialed {
-        stream: EgressStream::Plain(remote),
-        bound,
-    })
+    let destination = remote.peer_addr().ok();
+    Ok((
+        Dialed {
+            stream: EgressStream::Plain(remote),
+            bound,
+        },
+        destination,
+    ))
+}
+
+/// The destination to hand `egress.connect` for a checked plan: through
+/// HAProxy, the first checked address of the source's family (so a name is
+/// not resolved again, possibly elsewhere); otherwise the plan's target.
+/// Tries `targets` through `egress` in turn; the first connection, with the
+/// target it reached, or the last error (`None`: nothing to try).
+async fn connect_upstream(
+    egress: &crate::egress::EgressSource,
+    targets: &[TargetAddr],
+) -> Result<(crate::egress::Connected, TargetAddr), Option<crate::egress::EgressError>> {
+    let mut last = None;
+    for t in targets {
+        match egress.connect(t, egress.connect_timeout).await {
+            Ok(c) => return Ok((c, t.clone())),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last)
+}
+
+fn checked_target(egress: &crate::egress::EgressSource, plan: &Plan) -> TargetAddr {
+    if let Some(ha) = &egress.ha_proxy {
+        let v4 = ha.source_address.is_ipv4();
+        if let Some(a) = plan.addrs.iter().find(|a| a.is_ipv4() == v4) {
+            return TargetAddr::Ip(*a);
+        }
+    }
+    plan.target.clone()
 }

@@ -88,14 +88,15 @@ async fn authenticate(
                     ))),
                 }
             };
-            let verdict = check_credentials(
+            // Boxed: run once per session, it would otherwise size every session's task.
+            let verdict = Box::pin(check_credentials(
                 &user,
                 pw.as_deref(),
                 meta,
                 &shared.auth_ctx(),
                 CONTEXT_HTTP_BASIC,
                 ask,
-            )
+            ))
             .await;
             return match verdict {
                 Ok(info) => AuthOutcome::Proceed(with_cert(info)),

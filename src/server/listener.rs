@@ -184,6 +184,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 }
                 let slot = match shared.config.max_connections_per_ip {
                     None => None,
+                    // From a balancer: counted once the PROXY header names the client.
+                    Some(_) if crate::server::proxy_accept::expects(&shared, peer) => None,
                     Some(max) => match shared.claim_ip(peer.ip(), max) {
                         Some(slot) => Some(slot),
                         None => {

@@ -9,6 +9,8 @@ pub mod forward;
 pub mod http_connect;
 pub mod listener;
 pub mod metrics;
+pub mod proxy_accept;
+pub mod proxy_inbound;
 pub mod relay;
 pub mod session;
 pub mod socks5;

@@ -15,8 +15,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _active = crate::host::stats::ActiveGuard(&shared.stats);
+    // `proxy_protocol`: from a balancer, the client is whom its header names.
+    // Boxed: only the header read needs this state.
+    let Some(crate::server::proxy_accept::Accepted {
+        peer,
+        proxy_peer,
+        tlvs: proxy_tlvs,
+        slot: _slot,
+    }) = Box::pin(crate::server::proxy_accept::accept(
+        &mut stream,
+        peer,
+        &shared,
+    ))
+    .await
+    else {
+        return;
+    };
 
     // A listener bound to one address already knows it: no getsockname per session.
     let local = if shared.local_addr.ip().is_unspecified() {
@@ -68,6 +84,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         local: LocalAddr(local),
         tls_client,
         http_auth: None,
+        proxy_peer,
+        proxy_tlvs,
     });
 
     let result = tokio::select! {
@@ -156,6 +174,8 @@ pub async fn fuzz_session(
         local: LocalAddr(shared.local_addr),
         tls_client: None,
         http_auth: None,
+        proxy_peer: None,
+        proxy_tlvs: None,
     });
     handle(ClientStream::Mem(client), &meta, shared).await
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub timeout: Duration,
     /// Caches Basic credential decisions (see the proxy listener's `auth_cache`).
     pub auth_cache: Option<crate::policy::auth_cache::CacheConfig>,
+    /// `proxy_protocol`: balancers whose connections start with a PROXY header.
+    pub proxy_protocol: Option<crate::server::proxy_inbound::InboundConfig>,
 }
 
 impl Config {
@@ -52,6 +54,7 @@ impl Config {
             tls: None,
             timeout: Duration::from_secs(10),
             auth_cache: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -153,10 +156,26 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     tracing::info!("status listener on {addr} closed");
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let local = stream.local_addr().unwrap_or(shared.local_addr);
     let _ = stream.set_nodelay(true);
     let t = shared.config.timeout;
+    // `proxy_protocol`: from a balancer, the client is whom its header names.
+    let cfg = shared.config.proxy_protocol.as_ref();
+    let origin =
+        match crate::server::proxy_inbound::origin_of(&mut stream, peer, cfg, t, &shared.closing)
+            .await
+        {
+            Ok(o) => o,
+            Err(why) => {
+                tracing::warn!("status listener: connection from {peer}: PROXY header: {why}");
+                return;
+            }
+        };
+    let (peer, proxy_peer, proxy_tlvs) = match origin {
+        Some(o) => (o.peer, Some(o.proxy_peer), o.tlvs),
+        None => (peer, None, None),
+    };
     let io = match &shared.config.tls {
         None => ClientStream::Plain(stream),
         Some(tls) => {
@@ -180,6 +199,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         local: LocalAddr(local),
         tls_client: None,
         http_auth: None,
+        proxy_peer,
+        proxy_tlvs,
     });
     let svc_shared = shared.clone();
     let svc = hyper::service::service_fn(move |req| respond(req, meta.clone(), svc_shared.clone()));
