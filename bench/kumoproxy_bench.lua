@@ -7,10 +7,11 @@
 --   authcache: the same with auth_cache, so repeat logins skip Lua (where supported)
 --   tls:   use_tls with a self-signed certificate for 'localhost', written to CERT_FILE
 --   copy:  use_splice = false (userspace copy, as the TLS relay does), for reference
+--   udp:   udp = true (UDP ASSOCIATE), where the build has it
 --   pp:    proxy_protocol from 127.0.0.1: clients send a PROXY v2 header first
 --          (socksbench --proxy-v2), as behind a load balancer
 --
--- Prints one line "READY plain=ADDR auth=ADDR tls=ADDR copy=ADDR [authcache=ADDR] [pp=ADDR]"
+-- Prints one line "READY plain=ADDR auth=ADDR tls=ADDR copy=ADDR [authcache=ADDR] [udp=ADDR] [pp=ADDR]"
 -- and serves until SIGTERM.
 local kumoproxy = require 'kumoproxy'
 
@@ -64,13 +65,21 @@ if not ok then
   authcache = nil
 end
 
+-- UDP ASSOCIATE (issue 15); builds without it reject the key: no udp target then.
+local okudp, udp = pcall(listener, { listen = '127.0.0.1:0', timeout = timeout, udp = true })
+if not okudp then
+  io.stderr:write('no udp listener: ', tostring(udp), '\n')
+  udp = nil
+end
+
 local f = assert(io.open(cert_file, 'w'))
 f:write(tls:certificate_pem())
 f:close()
 
-print(('READY plain=%s auth=%s tls=%s copy=%s%s%s'):format(
+print(('READY plain=%s auth=%s tls=%s copy=%s%s%s%s'):format(
   plain:local_addr(), auth:local_addr(), tls:local_addr(), copy:local_addr(),
   authcache and (' authcache=' .. authcache:local_addr()) or '',
+  udp and (' udp=' .. udp:local_addr()) or '',
   pp and (' pp=' .. pp:local_addr()) or ''))
 io.stdout:flush()
 kumoproxy.run { grace = 0 }

@@ -277,6 +277,9 @@ def render(results, a):
             ])
         say(table(head, rows) + "\n")
 
+    # ---------------------------------------------------------------- udp
+    udp_section(results, say)
+
     # ---------------------------------------------------------------- targets
     say("### Issue 8 targets, from this run\n")
     rows = []
@@ -359,6 +362,63 @@ def render(results, a):
     return "\n".join(out)
 
 
+UDP_SHAPES = [(64, 1), (64, 8), (1200, 1), (1200, 8)]
+
+
+def udp_section(results, say):
+    """UDP ASSOCIATE (issue 15) tables, with the issue's targets."""
+    labels = present(results, "udp", ["direct", "kumoproxy+udp", "kumoproxy-before+udp", "dante"])
+    if not labels:
+        return
+    say("### UDP ASSOCIATE (datagrams through the relay)\n")
+    say("Each association: a control connection, UDP ASSOCIATE, then a UDP socket keeping 32 "
+        "datagrams in flight against a UDP echo (one back, one out; a datagram not back within "
+        "50 ms counts as lost and is replaced). Datagrams/s counts echoed datagrams (each crossed "
+        "the relay twice); Gbit/s is payload through the relay, both ways; proxy CPU is per "
+        "datagram relayed (two per echo).\n")
+    head = ["target"] + [f"{s} B × {n} assoc. dgram/s" for s, n in UDP_SHAPES] + \
+        ["Gbit/s (1200 B × 8)", "proxy CPU µs/dgram (64×1 / 1200×8)", "lost"]
+    rows = []
+    g = lambda l, s, n, k: med(pick(results, "udp", l, size=s, associations=n), k)
+    for l in labels:
+        rs = lambda s, n: pick(results, "udp", l, size=s, associations=n)
+        rows.append([f"**{l}**" if l == "kumoproxy+udp" else l]
+                    + [cell(rs(s, n), "datagrams_s", 0) for s, n in UDP_SHAPES]
+                    + [cell(rs(1200, 8), "gbit_s"),
+                       f"{fmt(g(l, 64, 1, 'proxy_cpu_us_per_datagram'))} / {fmt(g(l, 1200, 8, 'proxy_cpu_us_per_datagram'))}",
+                       str(sum(values(pick(results, "udp", l), "lost")))])
+    say(table(head, rows) + "\n")
+    target = []
+    if "kumoproxy+udp" in labels and "dante" in labels:
+        say("Ratios, kumoproxy ÷ dante (datagrams/s: higher is better; CPU per datagram: lower is better):\n")
+        rows = []
+        for s, n in UDP_SHAPES:
+            rd = ratio(g("kumoproxy+udp", s, n, "datagrams_s"), g("dante", s, n, "datagrams_s"))
+            rc = ratio(g("kumoproxy+udp", s, n, "proxy_cpu_us_per_datagram"),
+                       g("dante", s, n, "proxy_cpu_us_per_datagram"))
+            rows.append([f"{s} B × {n}", rfmt(rd), rfmt(rc)])
+            target.append([f"UDP {s} B × {n} assoc.: ≥ 2× dante dgram/s, ≤ 0.5× its CPU/dgram",
+                           f"{rfmt(rd)} dgram/s, {rfmt(rc)} CPU",
+                           "met" if rd is not None and rc is not None and rd >= 2 and rc <= 0.5
+                           else "**not met**"])
+        say(table(["shape", "dgram/s", "CPU µs/dgram"], rows) + "\n")
+        say("Issue 15 targets, from this run:\n")
+        say(table(["target", "measured", "status"], target) + "\n")
+    idle = [r for r in results if r["kind"] == "udp_idle"]
+    if idle:
+        say("Idle associations (each opened with one echoed datagram, so the relay holds its "
+            "outbound socket; per-association figures are (held − before) ÷ associations):\n")
+        rows = []
+        for r in idle:
+            mib = lambda k: fmt(r[k] / 1024, 1) if r.get(k) is not None else "–"
+            rows.append([r["label"], f"{r['opened']:,}", f"{mib('rss_kib_before')} → {mib('rss_kib_held')}",
+                         f"{r.get('fds_before', '–')} → {r.get('fds_held', '–')}",
+                         fmt(r.get("kib_per_association"), 1), fmt(r.get("fds_per_association"), 2),
+                         mib("rss_kib_after")])
+        say(table(["proxy", "associations", "RSS MiB before → held", "fds before → held",
+                   "KiB RSS / assoc.", "fds / assoc.", "RSS MiB after close"], rows) + "\n")
+
+
 def check(results):
     problems = []
     for r in results:
@@ -373,6 +433,14 @@ def check(results):
                 problems.append(f"{tag}: no cycle completed ({r.get('first_error')})")
             if r.get("errors"):
                 problems.append(f"{tag}: {r['errors']} error(s): {r.get('first_error')}")
+        elif r["kind"] == "udp":
+            if not r.get("echoed"):
+                problems.append(f"{tag}: no datagram echoed ({r.get('first_error')})")
+            if r.get("errors"):
+                problems.append(f"{tag}: {r['errors']} error(s): {r.get('first_error')}")
+        elif r["kind"] == "udp_idle":
+            if r["opened"] != r["requested"]:
+                problems.append(f"{tag}: {r['opened']} of {r['requested']} associations ({r.get('first_error')})")
         elif r["kind"] == "idle":
             if r["verified"] != r["requested"]:
                 problems.append(f"{tag}: {r['verified']} of {r['requested']} relays verified ({r.get('first_error')})")

@@ -6,7 +6,7 @@
 #
 # Options: --reps N (default 3), --duration S (default 5), --out FILE (default
 # docs/benchmarks.md), --results FILE (keep the raw RESULT lines), --no-peers,
-# --sections LIST (comma list of bulk,cycles,auth,tls,idle; default all),
+# --sections LIST (comma list of bulk,cycles,auth,tls,idle,udp; default all),
 # --quiet-wait S (wait up to S seconds for a quiet machine before each measurement; 20).
 # Env: KUMOPROXY_BEFORE=path/to/kumoproxy.so adds a "kumoproxy-before" target built
 # from another tree, to show what a change bought within one run;
@@ -25,8 +25,8 @@ CMD="bash bench/run.sh${*:+ $*}"
 [ -n "${KUMOPROXY_BEFORE_ENV:-}" ] && CMD="KUMOPROXY_BEFORE_ENV='$KUMOPROXY_BEFORE_ENV' $CMD"
 [ -n "${KUMOPROXY_BEFORE:-}" ] && CMD="KUMOPROXY_BEFORE=$KUMOPROXY_BEFORE $CMD"
 SMOKE=0 REPS=3 DUR=5 WARM=1 QUIET=20 OUT=docs/benchmarks.md RESULTS="" PEERS=1
-SECTIONS=bulk,cycles,auth,tls,idle
-IDLE_COUNTS="1000 9900" STREAM_COUNTS="1 4" CONCS="1 16 64"
+SECTIONS=bulk,cycles,auth,tls,idle,udp
+IDLE_COUNTS="1000 9900" STREAM_COUNTS="1 4" CONCS="1 16 64" UDP_IDLE=1000
 while [ $# -gt 0 ]; do
     case $1 in
         --smoke) SMOKE=1 ;;
@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ "$SMOKE" = 1 ]; then
-    REPS=1 DUR=0.3 WARM=0.1 QUIET=0 IDLE_COUNTS="50" STREAM_COUNTS="2" CONCS="4"
+    REPS=1 DUR=0.3 WARM=0.1 QUIET=0 IDLE_COUNTS="50" STREAM_COUNTS="2" CONCS="4" UDP_IDLE=20
 fi
 has() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 log() { echo "[bench $(date +%T)] $*" >&2; }
@@ -135,7 +135,9 @@ start_ready echo "$SB" echo --listen 127.0.0.1:0
 ECHO_PID=$STARTED ECHO=$(ready_addr echo)
 start_ready sink_rw "$SB" sink --listen 127.0.0.1:0 --no-zerocopy
 SINK_RW_PID=$STARTED SINK_RW=$(ready_addr sink_rw)
-AUX="$SINK_PID,$ECHO_PID,$SINK_RW_PID"
+start_ready udp_echo "$SB" udp-echo --listen 127.0.0.1:0
+UDP_ECHO_PID=$STARTED UDP_ECHO=$(ready_addr udp_echo)
+AUX="$SINK_PID,$ECHO_PID,$SINK_RW_PID,$UDP_ECHO_PID"
 
 # --- proxies: name -> address, pid -------------------------------------------------
 declare -A ADDR PID
@@ -156,6 +158,7 @@ kp_start() {  # kp_start NAME MODULE_DIR [VAR=VALUE...]
             tls=*) add "$name-tls" "${kv#tls=}" "$pid" ;;
             copy=*) add "$name-copy" "${kv#copy=}" "$pid" ;;
             authcache=*) add "$name+authcache" "${kv#authcache=}" "$pid" ;;
+            udp=*) add "$name+udp" "${kv#udp=}" "$pid" ;;
             pp=*) add "$name+pp" "${kv#pp=}" "$pid" ;;
         esac
     done
@@ -187,7 +190,8 @@ clientmethod: none
 user.privileged: root
 user.unprivileged: nobody
 client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }
-socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 command: connect }
+socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 command: connect udpassociate }
+socks pass { from: 0.0.0.0/0 to: 127.0.0.0/8 command: udpreply }
 EOF
         start_port dante "$p" /usr/sbin/danted -N 1 -f "$tmp/danted.conf" -p "$tmp/danted.pid" \
             && add dante "127.0.0.1:$p" "$STARTED"
@@ -236,6 +240,10 @@ done
 # TLS and the userspace-copy reference: the current build only (keeps the run short).
 tls_targets=()
 is_target kumoproxy-tls && tls_targets+=(kumoproxy-tls)
+udp_targets=()  # UDP ASSOCIATE: kumoproxy's udp listener and Dante (configured for UDP)
+for t in kumoproxy+udp kumoproxy-before+udp dante; do
+    is_target "$t" && udp_targets+=("$t")
+done
 copy_targets=()  # use_splice = false: the plain userspace relay, TLS's fair reference
 is_target kumoproxy-copy && copy_targets+=(kumoproxy-copy)
 
@@ -314,7 +322,25 @@ for rep in $(seq "$REPS"); do
                 $(via "$t") $(tls_opts "$t")
         done
     fi
+    if has udp; then
+        # Issue 15: datagrams through a UDP ASSOCIATE relay, against Dante's.
+        for t in direct "${udp_targets[@]}"; do
+            for size in 64 1200; do
+                for n in 1 8; do
+                    # shellcheck disable=SC2046
+                    sb "$t" udp --target "$UDP_ECHO" --size "$size" --associations "$n" $(via "$t")
+                done
+            done
+        done
+    fi
 done
+
+if has udp; then
+    for t in "${udp_targets[@]}"; do
+        # shellcheck disable=SC2046
+        sb "$t" udp-idle --target "$UDP_ECHO" --count "$UDP_IDLE" $(via "$t")
+    done
+fi
 
 if has idle; then
     for t in "${plain_targets[@]}"; do

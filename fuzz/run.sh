@@ -7,7 +7,8 @@
 #
 # Targets: greeting, userpass, request, reply (the socks5.rs codecs), http_head
 # (http_connect.rs: request head, CONNECT target, Basic credentials), session
-# (a whole server session over an in-memory stream), proxy_header
+# (a whole server session over an in-memory stream), udp_header
+# (proto/socks5_udp.rs: the UDP ASSOCIATE datagram header), proxy_header
 # (proto/proxy_header.rs: PROXY protocol v1/v2 parse and builders),
 # proxy_session (a whole session behind proxy_protocol, over loopback TCP) and
 # client_text (the log escaping of client bytes, proto/text.rs). Inputs
@@ -38,7 +39,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     mode=(-max_total_time="$1")
     shift
 fi
-all_targets="greeting userpass request reply http_head session proxy_header proxy_session client_text"
+all_targets="greeting userpass request reply http_head session udp_header proxy_header proxy_session client_text"
 targets=${*:-$all_targets}
 
 triple=$(rustc -vV | sed -n 's/^host: //p')

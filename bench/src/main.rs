@@ -7,6 +7,9 @@
 //!   bulk    --target ADDR [--proxy ADDR] --streams N --dir up|down
 //!   cycles  --target ADDR [--proxy ADDR] --concurrency N [--close-by client|server]
 //!   idle    --target ADDR  --proxy ADDR  --count N
+//!   udp-echo --listen ADDR                      UDP echo end for `udp` and `udp-idle`
+//!   udp     --target ADDR [--proxy ADDR] --size N --associations N [--window W]
+//!   udp-idle --target ADDR --proxy ADDR --count N   (see src/udp.rs)
 //!   free-port                                   prints a free loopback TCP port
 //!
 //! Common options: --user U --pass P (RFC 1929), --tls-ca FILE [--tls-name NAME]
@@ -22,6 +25,7 @@
 mod args;
 mod measure;
 mod socks;
+mod udp;
 mod zc;
 
 use args::Args;
@@ -54,6 +58,9 @@ fn main() {
             "bulk" => bulk(&args).await,
             "cycles" => cycles(&args).await,
             "idle" => idle(&args).await,
+            "udp-echo" => udp::echo(&args),
+            "udp" => udp::load(&args).await,
+            "udp-idle" => udp::idle(&args).await,
             "free-port" => {
                 let l = std::net::TcpListener::bind("127.0.0.1:0")?;
                 println!("{}", l.local_addr()?.port());
@@ -512,7 +519,7 @@ pub fn f(x: f64) -> String {
     }
 }
 
-fn emit(kind: &str, fields: Vec<(&str, String)>) {
+pub fn emit(kind: &str, fields: Vec<(&str, String)>) {
     let body: Vec<String> = std::iter::once(format!("\"kind\":{}", q(kind)))
         .chain(fields.into_iter().map(|(k, v)| format!("{}:{v}", q(k))))
         .collect();

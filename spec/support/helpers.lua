@@ -153,6 +153,27 @@ function H.remove_pki(dir)
   os.execute('rm -rf ' .. dir)
 end
 
+-- A fresh private (0700) temp dir; logrotate refuses world-writable parents.
+function H.tempdir()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute('mkdir -m 700 ' .. dir))
+  return dir
+end
+
+-- Rotates `path` with the real logrotate, as cron would but forced (-f), with
+-- its own state file in `dir`: rename to path.1 (older ones shift), then the
+-- postrotate script sends SIGUSR1 to `pid`. `extra` adds directives.
+-- Returns stdout, exit code, stderr.
+function H.logrotate(dir, path, pid, extra)
+  local conf = dir .. '/logrotate.conf'
+  local f = assert(io.open(conf, 'w'))
+  f:write(('%s {\n  rotate 100\n  missingok\n  nocompress\n  nocreate\n%s  postrotate\n    kill -USR1 %d\n  endscript\n}\n')
+    :format(path, extra or '', pid))
+  f:close()
+  return H.sh(('logrotate -f -s %s/logrotate.state %s'):format(dir, conf))
+end
+
 function H.listener(params)
   params.listen = params.listen or '127.0.0.1:0'
   return kp.start_proxy_listener(params)

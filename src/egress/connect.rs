@@ -6,7 +6,7 @@ use crate::egress::socks5_client::handshake;
 use crate::egress::source::*;
 use crate::egress::tls::tls_error;
 use crate::host::net::{within, Keepalive};
-use crate::proto::socks5::{self, reply, TargetAddr};
+use crate::proto::socks5::{self, reply, Command, TargetAddr};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -131,6 +131,32 @@ impl EgressSource {
         target: &TargetAddr,
         deadline: Instant,
     ) -> Result<Connected, EgressError> {
+        let (mut stream, local, peer) = self.open_proxy(proxy, deadline).await?;
+        let server = peer.to_string();
+        let bound = within(
+            left(deadline),
+            fail(
+                reply::TTL_EXPIRED,
+                format!("timeout in SOCKS5 handshake with proxy {server}"),
+            ),
+            handshake(&mut stream, proxy, Command::Connect, target, &server),
+        )
+        .await?;
+        Ok(Connected {
+            stream,
+            local,
+            peer,
+            proxy_bound: Some(bound),
+        })
+    }
+
+    /// TCP (and TLS when configured) to the proxy: the stream, our end, the
+    /// proxy's. CONNECT and UDP ASSOCIATE (egress/udp.rs) both start here.
+    pub(crate) async fn open_proxy(
+        &self,
+        proxy: &Proxy,
+        deadline: Instant,
+    ) -> Result<(EgressStream, SocketAddr, SocketAddr), EgressError> {
         let server = proxy.server();
         let general = reply::GENERAL_FAILURE;
         let tcp = within(
@@ -156,7 +182,7 @@ impl EgressSource {
         .await?;
         let (local, peer) = addrs_of(&tcp)?;
         let server = peer.to_string();
-        let mut stream = match &proxy.tls {
+        let stream = match &proxy.tls {
             None => EgressStream::Plain(tcp),
             Some(tls) => {
                 let s = within(
@@ -176,21 +202,7 @@ impl EgressSource {
                 EgressStream::Tls(Box::new(s))
             }
         };
-        let bound = within(
-            left(deadline),
-            fail(
-                reply::TTL_EXPIRED,
-                format!("timeout in SOCKS5 handshake with proxy {server}"),
-            ),
-            handshake(&mut stream, proxy, target, &server),
-        )
-        .await?;
-        Ok(Connected {
-            stream,
-            local,
-            peer,
-            proxy_bound: Some(bound),
-        })
+        Ok((stream, local, peer))
     }
 }
 

@@ -14,6 +14,8 @@ pub mod haproxy;
 mod socks5_client;
 pub mod source;
 mod tls;
+/// UDP ASSOCIATE through an egress source (the client side of RFC 1928 §7).
+pub mod udp;
 
 pub use source::{
     split_host_port, target, ConfigError, Connected, EgressError, EgressSource, EgressStream,

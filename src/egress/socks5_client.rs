@@ -6,11 +6,13 @@ use std::io;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Greeting, RFC 1929, optional BIND for the source address, CONNECT.
-/// Returns the bound address from the CONNECT reply.
+/// Greeting, RFC 1929, optional BIND for the source address, then `command`
+/// (CONNECT, or UDP ASSOCIATE whose `target` is our UDP address). Returns the
+/// bound address from its reply.
 pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     proxy: &Proxy,
+    command: Command,
     target: &TargetAddr,
     server: &str,
 ) -> Result<TargetAddr, EgressError> {
@@ -103,15 +105,19 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let req = Request {
-        command: Command::Connect,
+        command,
         target: target.clone(),
     };
-    let r = request(io, &req, "CONNECT reply", &io_err, &codec_err).await?;
+    let (step, doing) = match command {
+        Command::UdpAssociate => ("UDP ASSOCIATE reply", "for UDP ASSOCIATE".to_string()),
+        _ => ("CONNECT reply", format!("connecting to {target}")),
+    };
+    let r = request(io, &req, step, &io_err, &codec_err).await?;
     if r.code != reply::SUCCEEDED {
         return Err(fail(
             r.code,
             format!(
-                "socks5: {} (0x{:02x}) connecting to {target} via proxy {server}",
+                "socks5: {} (0x{:02x}) {doing} via proxy {server}",
                 socks5::reply_text(r.code),
                 r.code
             ),

@@ -1,4 +1,5 @@
-//! tracing to stderr, filtered by `KUMOPROXY_LOG` (default `info`).
+//! tracing to stderr, filtered by `KUMOPROXY_LOG` (default `info`);
+//! `KUMOPROXY_LOG_FORMAT=json` writes one JSON object per line instead of text.
 //!
 //! Log lines must not be forgeable by clients: every piece of client-supplied
 //! text (usernames, domain names, HTTP head pieces, strings a handler built from
@@ -37,14 +38,36 @@ pub fn init() {
     ONCE.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_env("KUMOPROXY_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let _ = tracing_subscriber::fmt()
+        let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(|| RawStderr)
             .with_ansi(false)
-            .with_target(false)
-            .fmt_fields(EscapingFields)
-            .try_init();
+            .with_target(false);
+        let _ = if json_format() {
+            // Log shippers parse these: field values are escaped by the JSON encoder.
+            builder.json().flatten_event(true).try_init()
+        } else {
+            // Text: client text is escaped by ClientText at the call sites, and
+            // EscapingFields escapes any control character left in a message.
+            builder.fmt_fields(EscapingFields).try_init()
+        };
     });
+}
+
+/// `KUMOPROXY_LOG_FORMAT`: `json` for one JSON object per line, else text.
+fn json_format() -> bool {
+    match std::env::var("KUMOPROXY_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("" | "text") | Err(_) => false,
+        Ok(other) => {
+            // Not fatal: logging must come up whatever the environment says.
+            eprintln!(
+                "kumoproxy: KUMOPROXY_LOG_FORMAT='{}' is not 'text' or 'json'; using text",
+                client(other)
+            );
+            false
+        }
+    }
 }
 
 /// Client text is escaped by `proto::text::ClientText`; re-exported for log call sites.

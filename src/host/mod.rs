@@ -3,6 +3,7 @@
 //! registry pieces, counters, socket helpers, streams and TLS configuration.
 //! May use `proto` only.
 
+pub mod access_log;
 pub mod logging;
 pub mod metrics;
 pub mod net;
@@ -12,3 +13,4 @@ pub mod signals;
 pub mod stats;
 pub mod stream;
 pub mod tls;
+pub mod udp;

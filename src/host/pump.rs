@@ -52,6 +52,8 @@ pub struct Pump<E> {
     max_pending: AtomicUsize,
     /// Questions refused because the queue was full.
     pub overloaded: AtomicU64,
+    /// Notifications (`proxy_session_end`) dropped because the queue was full.
+    pub dropped_notifications: AtomicU64,
     stop: AtomicBool,
     /// Wakes runtime-side waiters (the embedding wake socket) as `wake` does the fd.
     notify: tokio::sync::Notify,
@@ -71,6 +73,7 @@ impl<E: PendingEvent> Pump<E> {
             efd: unsafe { OwnedFd::from_raw_fd(fd) },
             max_pending: AtomicUsize::new(DEFAULT_MAX_PENDING),
             overloaded: AtomicU64::new(0),
+            dropped_notifications: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
             event_latency: Default::default(),
@@ -114,6 +117,14 @@ impl<E: PendingEvent> Pump<E> {
             return Err(AskError::Overloaded(self.max_pending()));
         }
         rx.await.map_err(|_| AskError::NoAnswer)
+    }
+
+    /// Queue a notification best-effort: never waits, dropped (and counted) when
+    /// the queue is full, so it cannot delay the session that sends it.
+    pub fn notify(&self, ev: E) {
+        if self.submit(ev).is_err() {
+            self.dropped_notifications.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Make the eventfd readable: new events, a stop request, a finished blocking call.

@@ -124,7 +124,40 @@ pub fn event_args(lua: &Lua, ev: &Event) -> mlua::Result<MultiValue> {
             )
                 .into_lua_multi(lua)
         }
+        Event::SessionEnd { summary } => summary_table(lua, summary)?.into_lua_multi(lua),
     }
+}
+
+/// `proxy_session_end`'s argument: the access log record as a table (times as
+/// Unix seconds, addresses as strings, absent fields nil).
+pub fn summary_table(lua: &Lua, r: &crate::host::access_log::Record) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    let secs = |at: std::time::SystemTime| {
+        at.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    t.set("start", secs(r.start))?;
+    t.set("end", secs(r.end))?;
+    t.set("duration", secs(r.end) - secs(r.start))?;
+    t.set("listener", r.listener.to_string())?;
+    t.set("protocol", r.protocol)?;
+    t.set("command", r.command)?;
+    t.set("peer", r.peer.to_string())?;
+    t.set("proxy_peer", r.proxy_peer.map(|a| a.to_string()))?;
+    t.set("identity", r.identity.as_deref())?;
+    t.set("context", r.context.as_deref())?;
+    t.set("groups", r.groups.clone())?;
+    t.set("limit_key", r.limit_key.as_deref())?;
+    t.set("destination", r.destination.as_deref())?;
+    t.set("connected", r.connected.map(|a| a.to_string()))?;
+    t.set("source", r.source.map(|a| a.to_string()))?;
+    t.set("egress", r.egress.as_deref())?;
+    t.set("bytes_up", r.bytes_up)?;
+    t.set("bytes_down", r.bytes_down)?;
+    t.set("outcome", r.outcome.as_str())?;
+    t.set("reason", r.reason.as_deref())?;
+    Ok(t)
 }
 
 /// Sends a handler's outcome (its return value, or the error it raised) as the
@@ -200,6 +233,12 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
                 }
             }
             let _ = reply.send(verdict);
+        }
+        Event::SessionEnd { .. } => {
+            // Nobody waits for an answer; a failing handler is worth one line.
+            if let Err(e) = outcome {
+                tracing::error!("{name} handler failed: {}", flat(&e));
+            }
         }
     }
 }

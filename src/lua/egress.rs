@@ -9,7 +9,7 @@ use crate::host::net::within;
 use crate::host::runtime;
 use crate::lua::egress_source::{by_name, LuaEgressSource};
 use crate::lua::listener::LuaListener;
-use crate::lua::params::{err, parse_duration, Params};
+use crate::lua::params::{err, parse_duration, port_arg, Params};
 use crate::lua::pumping::block_pumping;
 use crate::proto::socks5::TargetAddr;
 use mlua::{Lua, MultiValue, Table, UserData, UserDataMethods, Value};
@@ -123,19 +123,6 @@ fn secret(p: &mut Params, key: &str) -> mlua::Result<Option<Vec<u8>>> {
     Ok(Some(out))
 }
 
-fn port_arg(v: &Value, what: &str) -> mlua::Result<u16> {
-    let n = match v {
-        Value::Integer(i) => *i as f64,
-        Value::Number(n) => *n,
-        Value::String(s) => s.to_str()?.trim().parse::<f64>().unwrap_or(-1.0),
-        _ => -1.0,
-    };
-    if n.fract() != 0.0 || !(1.0..=65535.0).contains(&n) {
-        return Err(err(format!("{what}: port must be an integer 1..65535")));
-    }
-    Ok(n as u16)
-}
-
 fn nil_err(lua: &Lua, msg: &str) -> mlua::Result<MultiValue> {
     Ok(MultiValue::from_vec(vec![
         Value::Nil,
@@ -173,6 +160,10 @@ impl UserData for LuaEgressSource {
                 }
             },
         );
+        // src:udp_associate([{ connect_timeout, family }]) -> association | nil, err
+        methods.add_method("udp_associate", |lua, this, opts: Value| {
+            crate::lua::udp::udp_associate(lua, &this.source, opts)
+        });
         // src:forward{ listen = '127.0.0.1:0', to = 'host:port', timeout = idle }
         methods.add_method("forward", |_, this, v: Value| {
             let mut p = Params::new("egress_source:forward", v)?;

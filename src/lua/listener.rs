@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 pub(crate) fn start_proxy_listener(lua: &Lua, params: Value) -> mlua::Result<LuaListener> {
     refuse_in_nginx_master(lua, "start_proxy_listener")?;
-    let config = listener_config(params)?;
+    let config = listener_config(params.clone())?;
     let listen = config.listen;
     let shared = listener::start(runtime::current(), config).map_err(|e| {
         err(format!(
             "start_proxy_listener: listen: cannot listen on {listen}: {e}"
         ))
     })?;
+    // `listener:reconfigure` re-reads these with its changes on top.
+    crate::lua::ops::remember_params(lua, &shared, &params)?;
     Ok(LuaListener::new(shared))
 }
 
@@ -53,6 +55,9 @@ impl UserData for LuaListener {
         methods.add_method("stats", |lua, this, ()| {
             let t = lua.create_table()?;
             for (k, v) in this.shared.stats.snapshot() {
+                t.set(k, v)?;
+            }
+            for (k, v) in this.shared.udp.snapshot() {
                 t.set(k, v)?;
             }
             t.set(
@@ -93,17 +98,31 @@ impl UserData for LuaListener {
             tracing::info!("listener {}: TLS material reloaded", this.shared.local_addr);
             Ok(())
         });
+        methods.add_method("sessions", |lua, this, filter: Value| {
+            crate::lua::ops::sessions(lua, this.check_pid()?, filter)
+        });
+        methods.add_method("close_sessions", |_, this, filter: Value| {
+            let f = crate::lua::ops::filter_param("close_sessions", filter, true)?;
+            Ok(crate::lua::ops::close(this.check_pid()?, &f))
+        });
+        methods.add_method("reconfigure", |lua, this, update: Value| {
+            this.check_pid()?;
+            crate::lua::ops::reconfigure(lua, &this.shared, update)
+        });
         methods.add_method("flush_auth_cache", |_, this, ()| {
+            this.check_pid()?;
             Ok(this
-                .check_pid()?
+                .shared
+                .current()
                 .auth
                 .cache
                 .as_ref()
                 .map(|c| c.flush())
                 .unwrap_or(0))
         });
-        methods.add_method("close", |_, this, ()| {
+        methods.add_method("close", |lua, this, ()| {
             this.check_pid()?.close();
+            crate::lua::ops::forget_params(lua, &this.shared)?;
             Ok(())
         });
         methods.add_meta_method("__tostring", |_, this, ()| {

@@ -11,7 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) fn listener_config(v: Value) -> mlua::Result<Config> {
-    let mut p = Params::new("start_proxy_listener", v)?;
+    listener_config_in("start_proxy_listener", v)
+}
+
+/// `ctx` names the caller in errors (`listener:reconfigure` parses with it too).
+pub(crate) fn listener_config_in(ctx: &str, v: Value) -> mlua::Result<Config> {
+    let mut p = Params::new(ctx, v)?;
     let listen = p.socket_addr("listen")?;
     let missing_listen = p.key_err("listen", "is required, e.g. '127.0.0.1:1080'");
     let mut c = Config::new(listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()));
@@ -56,9 +61,11 @@ pub(crate) fn listener_config(v: Value) -> mlua::Result<Config> {
         ));
     }
     c.protocols = crate::lua::http::protocols_param(&mut p)?;
+    c.udp = crate::lua::udp::udp_params(&mut p)?;
     c.proxy_protocol = crate::lua::proxy_protocol::inbound_param(&mut p)?;
     c.send_proxy = crate::lua::proxy_protocol::send_param(&mut p)?;
     auth_params(&mut p, &mut c)?;
+    c.access_log = access_log_param(&mut p)?.flatten();
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
     if listen.is_none() {
@@ -199,4 +206,36 @@ fn tls_params(p: &mut Params) -> mlua::Result<Option<Arc<TlsServer>>> {
     TlsServer::new(params)
         .map(|s| Some(Arc::new(s)))
         .map_err(|e| err(format!("start_proxy_listener: {e}")))
+}
+
+/// `access_log = { path = '/var/log/kumoproxy/access.jsonl' }` (or `'-'`), or
+/// `false` (none; for `reconfigure`). Listeners with the same path share a writer.
+pub(crate) fn access_log_param(
+    p: &mut Params,
+) -> mlua::Result<Option<Option<Arc<crate::host::access_log::Sink>>>> {
+    match p.raw("access_log")? {
+        Value::Nil => Ok(None),
+        Value::Boolean(false) => Ok(Some(None)),
+        t @ Value::Table(_) => {
+            let _ = t;
+            let mut a = p.nested_dotted("access_log")?.expect("a table");
+            let path = a.required_string("path")?;
+            if path.is_empty() {
+                return Err(a.key_err("path", "must not be empty ('-' is stderr)"));
+            }
+            a.finish()?;
+            let d = crate::host::access_log::Destination::parse(&path);
+            let sink = crate::host::access_log::sinks()
+                .get(&d)
+                .map_err(|e| p.key_err("access_log", format!("cannot open '{path}': {e}")))?;
+            Ok(Some(Some(sink)))
+        }
+        other => Err(p.key_err(
+            "access_log",
+            format!(
+                "expected {{ path = '...' }} or false, got {}",
+                other.type_name()
+            ),
+        )),
+    }
 }

@@ -7,7 +7,7 @@
 //!
 //! Files, lowest first: `params` (parameter tables), `dispatch` (answering
 //! events with Lua handlers), `egress_source`, `listener_params`, `pumping`
-//! (run/poll/run_until/run_command), `listener`, `egress`, `http`, `embed`.
+//! (run/poll/run_until/run_command), `listener`, `egress`, `udp` (UDP parameters and association objects), `http`, `embed`.
 
 pub mod dispatch;
 pub mod egress;
@@ -16,9 +16,11 @@ pub mod embed;
 pub mod http;
 pub mod listener;
 pub mod listener_params;
+pub mod ops;
 pub mod params;
 pub mod proxy_protocol;
 pub mod pumping;
+pub mod udp;
 
 use crate::host::runtime;
 use crate::lua::dispatch::handlers;
@@ -36,6 +38,7 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
     m.set("VERSION", env!("CARGO_PKG_VERSION"))?;
     crate::lua::egress::register(lua, &m)?;
     crate::lua::http::register(lua, &m)?;
+    crate::lua::ops::register(lua, &m)?;
     m.set("on", lua.create_function(on)?)?;
     m.set(
         "start_proxy_listener",
@@ -105,6 +108,24 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
                 pump.overloaded.load(std::sync::atomic::Ordering::Relaxed),
             )?;
             t.set("pooled_pipes", crate::server::relay::pooled_pipes())?;
+            t.set(
+                "dropped_notifications",
+                pump.dropped_notifications
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )?;
+            let (mut written, mut dropped) = (0, 0);
+            for s in crate::host::access_log::sinks().live() {
+                written += s
+                    .counters()
+                    .written
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                dropped += s
+                    .counters()
+                    .dropped
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            }
+            t.set("access_log_written", written)?;
+            t.set("access_log_dropped", dropped)?;
             t.set("runtime_started", process.has_runtime())?;
             Ok(t)
         })?,

@@ -341,3 +341,18 @@ pub(crate) fn refuse_in_nginx_master(lua: &Lua, what: &str) -> mlua::Result<()> 
     }
     Ok(())
 }
+
+/// A port argument of a method (`src:connect(host, port)`, `a:sendto(data, host, port)`):
+/// an integer 1..65535, or a string holding one.
+pub fn port_arg(v: &Value, what: &str) -> mlua::Result<u16> {
+    let n = match v {
+        Value::Integer(i) => *i as f64,
+        Value::Number(n) => *n,
+        Value::String(s) => s.to_str()?.trim().parse::<f64>().unwrap_or(-1.0),
+        _ => -1.0,
+    };
+    if n.fract() != 0.0 || !(1.0..=65535.0).contains(&n) {
+        return Err(err(format!("{what}: port must be an integer 1..65535")));
+    }
+    Ok(n as u16)
+}

@@ -45,7 +45,8 @@ pub(crate) fn poll(lua: &Lua, timeout: Value) -> mlua::Result<usize> {
     pump_until(lua, pump, Some(Instant::now() + t), true)
 }
 
-/// `kumoproxy.run{ grace = '5 seconds' }`: serve until stop() or SIGINT/SIGTERM.
+/// `kumoproxy.run{ grace = '5 seconds' }`: serve until stop() or SIGINT/SIGTERM;
+/// SIGHUP calls the `reload` handler, SIGUSR1 reopens the access logs.
 pub(crate) fn run(lua: &Lua, opts: Value) -> mlua::Result<()> {
     // Inside a handler, run() would serve until a signal while the session that
     // asked waits for an answer: refuse, and say what to use instead.
@@ -75,6 +76,13 @@ pub(crate) fn run(lua: &Lua, opts: Value) -> mlua::Result<()> {
         );
         loop {
             dispatch_pending(lua, pump)?;
+            if crate::host::signals::take_usr1() {
+                let n = crate::host::access_log::sinks().reopen_all();
+                tracing::info!("SIGUSR1: reopening {n} access log(s)");
+            }
+            if crate::host::signals::take_hup() {
+                crate::lua::ops::reload(lua);
+            }
             if let Some(sig) = crate::host::signals::received() {
                 break crate::host::signals::name(sig).to_string();
             }
@@ -131,6 +139,24 @@ fn shutdown(lua: &Lua, _process: &Process, grace: Duration, why: &str) -> mlua::
     let settle = Instant::now() + Duration::from_secs(2);
     while active() > 0 && Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(1));
+    }
+    // Every session writes its access log line as it ends, cut ones too: when
+    // there is an access log, let them end (briefly) and the writers catch up,
+    // so that the log is complete once run() returns and the host exits.
+    let logs = crate::host::access_log::sinks().live();
+    if !logs.is_empty() {
+        let until = Instant::now() + Duration::from_secs(1);
+        while active() > 0 && Instant::now() < until {
+            pump.wait(Some(Duration::from_millis(5)));
+        }
+        for s in &logs {
+            if !s.sync(Duration::from_secs(2)) {
+                tracing::warn!(
+                    "access log {}: not all lines written at exit",
+                    s.destination
+                );
+            }
+        }
     }
     Ok(())
 }

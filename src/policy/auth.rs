@@ -88,16 +88,10 @@ pub async fn check_rfc1929(
     ctx: &AuthContext<'_>,
 ) -> Result<AuthInfo, String> {
     let (u, p) = (username.clone(), password.clone());
-    // Boxed: the check (cache key, delay, the question to Lua or auth_http)
-    // runs once per session and would otherwise size every session's task.
-    Box::pin(check_credentials(
-        &u,
-        Some(&p),
-        meta,
-        ctx,
-        CONTEXT_RFC1929,
-        || ask_rfc1929(username, password, meta, ctx),
-    ))
+    // The caller boxes this future (server::socks5): it runs once per session.
+    check_credentials(&u, Some(&p), meta, ctx, CONTEXT_RFC1929, || {
+        ask_rfc1929(username, password, meta, ctx)
+    })
     .await
 }
 

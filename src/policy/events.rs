@@ -43,6 +43,10 @@ pub enum Event {
         meta: Arc<ConnMeta>,
         reply: oneshot::Sender<RequestVerdict>,
     },
+    /// `proxy_session_end(summary)`: a notification, nobody waits for an answer.
+    SessionEnd {
+        summary: Box<crate::host::access_log::Record>,
+    },
 }
 
 impl PendingEvent for Event {
@@ -51,6 +55,7 @@ impl PendingEvent for Event {
             Event::AuthRfc1929 { .. } => EVENT_AUTH_RFC1929,
             Event::HttpAuthBasic { .. } => EVENT_HTTP_AUTH_BASIC,
             Event::Request { .. } => EVENT_REQUEST,
+            Event::SessionEnd { .. } => EVENT_SESSION_END,
         }
     }
 
@@ -59,6 +64,7 @@ impl PendingEvent for Event {
             Event::AuthRfc1929 { reply, .. } => reply.is_closed(),
             Event::HttpAuthBasic { reply, .. } => reply.is_closed(),
             Event::Request { reply, .. } => reply.is_closed(),
+            Event::SessionEnd { .. } => false,
         }
     }
 }
@@ -107,9 +113,18 @@ pub fn pump() -> &'static Arc<EventPump> {
 pub const EVENT_AUTH_RFC1929: &str = "proxy_server_auth_rfc1929";
 pub const EVENT_HTTP_AUTH_BASIC: &str = "http_server_validate_auth_basic";
 pub const EVENT_REQUEST: &str = "proxy_server_request";
+pub const EVENT_SESSION_END: &str = "proxy_session_end";
+/// SIGHUP during `run()`; called by `run()` itself, never queued.
+pub const EVENT_RELOAD: &str = "reload";
 
 /// Every event name `kumoproxy.on` accepts, with its bit in [`registered`].
-pub const EVENTS: &[&str] = &[EVENT_AUTH_RFC1929, EVENT_HTTP_AUTH_BASIC, EVENT_REQUEST];
+pub const EVENTS: &[&str] = &[
+    EVENT_AUTH_RFC1929,
+    EVENT_HTTP_AUTH_BASIC,
+    EVENT_REQUEST,
+    EVENT_SESSION_END,
+    EVENT_RELOAD,
+];
 
 /// Which events have a Lua handler. Process-global and lock-free, so it stays
 /// valid across fork and runtime tasks can read it without asking the host.

@@ -230,7 +230,7 @@ pub async fn plan_bind(
 }
 
 /// Asks `proxy_server_request` when registered; `Ok(None)` when not.
-async fn ask(
+pub(crate) async fn ask(
     request: RequestInfo,
     auth: &Arc<AuthInfo>,
     meta: &Arc<ConnMeta>,

@@ -5,4 +5,5 @@
 pub mod http;
 pub mod proxy_header;
 pub mod socks5;
+pub mod socks5_udp;
 pub mod text;

@@ -58,6 +58,8 @@ pub struct Config {
     pub allowed_source_addresses: Option<Vec<ipnet::IpNet>>,
     /// Which protocols this port speaks; the client's first byte picks one.
     pub protocols: Protocols,
+    /// `udp = true` and its settings; `None`: UDP ASSOCIATE is refused (0x07).
+    pub udp: Option<crate::server::udp::UdpListenerConfig>,
     /// `proxy_protocol = { from = {...} }`: balancers that send a PROXY header.
     pub proxy_protocol: Option<crate::server::proxy_inbound::InboundConfig>,
     /// `send_proxy_protocol`: a PROXY header to each destination.
@@ -65,6 +67,8 @@ pub struct Config {
     /// Set by `start`: TCP_NODELAY and keepalive were set on the listening socket,
     /// and accepted sockets inherit them (Linux), so sessions skip those syscalls.
     pub sockopts_inherited: bool,
+    /// `access_log = { path = ... }`: one JSON line per finished session.
+    pub access_log: Option<Arc<crate::host::access_log::Sink>>,
 }
 
 /// `protocols = {'socks5', 'http'}`.
@@ -124,47 +128,105 @@ impl Config {
             proxy_protocol: None,
             send_proxy: None,
             sockopts_inherited: false,
+            udp: None,
+            access_log: None,
         }
     }
 }
 
 /// What the accept loop, its sessions and the Lua listener object share.
+///
+/// `listener:reconfigure` makes a new *generation*: a `Shared` with the new
+/// `config` (and auth state when that changed) sharing everything else (the
+/// counters, tokens, per-IP counts, live sessions) through `Arc`s. New
+/// sessions get the latest generation ([`Shared::current`]); running ones keep
+/// the one they started with, which is freed when the last of them ends.
 pub struct Shared {
     pub config: Config,
     pub local_addr: SocketAddr,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
+    /// UDP ASSOCIATE counters (all zero without `udp = true`).
+    pub udp: Arc<crate::server::udp::UdpCounters>,
     pub pump: Arc<Pump>,
     /// Cancelled by `close()`/shutdown: stop accepting; sessions go on.
     pub closing: CancellationToken,
     /// Cancelled when the grace period ends: in-flight sessions are cut.
     pub abort: CancellationToken,
-    pub accepting: AtomicBool,
+    pub accepting: Arc<AtomicBool>,
     /// Auth cache and failure delays (see `auth::check_credentials`).
-    pub auth: crate::policy::auth::AuthState,
+    pub auth: Arc<crate::policy::auth::AuthState>,
     /// Live sessions per client IP, kept only with `max_connections_per_ip`.
-    per_ip: Mutex<HashMap<IpAddr, u64>>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, u64>>>,
+    /// Sessions relaying now: `listener:sessions()`, `close_sessions()`.
+    pub sessions: Arc<crate::server::sessions::Registry>,
+    /// On the first generation (the one the accept loop and Lua hold): the
+    /// latest one, when `reconfigure` made any. Points forward only: no cycle.
+    latest: Mutex<Option<Arc<Shared>>>,
+}
+
+fn auth_state(config: &Config) -> Arc<crate::policy::auth::AuthState> {
+    Arc::new(crate::policy::auth::AuthState {
+        cache: config
+            .auth_cache
+            .clone()
+            .map(crate::policy::auth_cache::AuthCache::new),
+        delay: crate::policy::auth_cache::FailureDelay::new(config.auth_failure_delay.clone()),
+    })
 }
 
 impl Shared {
     pub fn new(config: Config, local_addr: SocketAddr, pump: Arc<Pump>) -> Self {
-        let auth = crate::policy::auth::AuthState {
-            cache: config
-                .auth_cache
-                .clone()
-                .map(crate::policy::auth_cache::AuthCache::new),
-            delay: crate::policy::auth_cache::FailureDelay::new(config.auth_failure_delay.clone()),
-        };
         Shared {
+            auth: auth_state(&config),
             config,
-            auth,
             local_addr,
-            stats: Stats::default(),
+            stats: Default::default(),
+            udp: Arc::default(),
             pump,
             closing: CancellationToken::new(),
             abort: CancellationToken::new(),
-            accepting: AtomicBool::new(true),
-            per_ip: Mutex::new(HashMap::new()),
+            accepting: Arc::new(AtomicBool::new(true)),
+            per_ip: Default::default(),
+            sessions: Default::default(),
+            latest: Mutex::new(None),
         }
+    }
+
+    /// The generation new sessions get.
+    pub fn current(self: &Arc<Self>) -> Arc<Shared> {
+        match &*self.latest.lock().unwrap() {
+            Some(l) => l.clone(),
+            None => self.clone(),
+        }
+    }
+
+    /// Makes `config` the settings of new sessions (see the type's comment).
+    /// The auth cache and failure-delay state carry over unless their
+    /// settings changed. Call on the first generation.
+    pub fn reconfigure(self: &Arc<Self>, config: Config) {
+        let cur = self.current();
+        let auth = if config.auth_cache == cur.config.auth_cache
+            && config.auth_failure_delay == cur.config.auth_failure_delay
+        {
+            cur.auth.clone()
+        } else {
+            auth_state(&config)
+        };
+        let next = Arc::new(Shared {
+            config,
+            local_addr: self.local_addr,
+            stats: self.stats.clone(),
+            udp: self.udp.clone(),
+            pump: self.pump.clone(),
+            closing: self.closing.clone(),
+            abort: self.abort.clone(),
+            accepting: self.accepting.clone(),
+            auth,
+            per_ip: self.per_ip.clone(),
+            sessions: self.sessions.clone(),
+            latest: Mutex::new(None),
+        });
+        *self.latest.lock().unwrap() = Some(next);
     }
 
     pub fn close(&self) {

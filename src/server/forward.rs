@@ -49,6 +49,7 @@ async fn forward_one(
         up.stream,
         &[],
         shared,
+        &Default::default(),
     )
     .await
     .map_err(|e| format!("relay ended: {e}"))

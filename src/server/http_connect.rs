@@ -139,6 +139,7 @@ pub async fn handle(
     mut buf: Vec<u8>,
     meta: &Arc<ConnMeta>,
     shared: &Shared,
+    trace: &mut crate::server::accounting::Trace,
 ) -> Result<(), SessionError> {
     let t = shared.config.timeout;
     let parsed = within(
@@ -172,6 +173,10 @@ pub async fn handle(
             return Err(SessionError::Refused(e.to_string()));
         }
     };
+    if head.method == "CONNECT" {
+        trace.command = Some("connect");
+        trace.destination = Some(crate::proto::text::client(&head.target).to_string());
+    }
     if head.method != "CONNECT" {
         let body = "this proxy serves CONNECT only\n";
         send(
@@ -242,37 +247,41 @@ pub async fn handle(
         meta.peer,
         auth.summary()
     );
+    let auth = Arc::new(auth);
+    trace.auth = Some(auth.clone());
     // Permissions and proxy_server_request, exactly as for SOCKS5.
-    let plan = match crate::policy::request::plan_connect(
-        &target,
-        &Arc::new(auth),
-        &meta,
-        &shared.request_ctx(),
-    )
-    .await
-    {
-        Ok(p) => p,
-        Err(r) => {
-            let (status, reason) = status_for_reply(r.code);
-            let body = if r.is_denied() {
-                format!("CONNECT {target} is not allowed\n")
-            } else {
-                format!("cannot connect to {target}\n")
-            };
-            refuse(&mut io, t, &response(status, reason, &[], &body)).await?;
-            return Err(if r.is_denied() {
-                SessionError::Denied(r.reason)
-            } else {
-                SessionError::Connect {
-                    target: target.to_string(),
-                    code: r.code,
-                    reason: r.reason,
-                }
-            });
-        }
-    };
+    let plan =
+        match crate::policy::request::plan_connect(&target, &auth, &meta, &shared.request_ctx())
+            .await
+        {
+            Ok(p) => p,
+            Err(r) => {
+                let (status, reason) = status_for_reply(r.code);
+                let body = if r.is_denied() {
+                    format!("CONNECT {target} is not allowed\n")
+                } else {
+                    format!("cannot connect to {target}\n")
+                };
+                refuse(&mut io, t, &response(status, reason, &[], &body)).await?;
+                return Err(if r.is_denied() {
+                    SessionError::Denied(r.reason)
+                } else {
+                    SessionError::Connect {
+                        target: target.to_string(),
+                        code: r.code,
+                        reason: r.reason,
+                    }
+                });
+            }
+        };
     let remote = match crate::server::dial::dial(&plan, None, shared).await {
-        Ok(d) => d.stream,
+        Ok(d) => {
+            trace.connected(
+                d.stream.tcp(),
+                plan.egress.as_ref().map(|e| e.name.as_str()),
+            );
+            d.stream
+        }
         Err(e) => {
             let code = match &e {
                 SessionError::Connect { code, .. } => *code,
@@ -286,7 +295,11 @@ pub async fn handle(
     };
     send(&mut io, t, b"HTTP/1.1 200 Connection established\r\n\r\n").await?;
     // Bytes the client sent behind the head (e.g. a TLS ClientHello) go first.
-    crate::server::relay::relay_any(io, remote, &buf[n..], shared)
+    let early = &buf[n..];
+    let relay = |bytes: Arc<crate::server::sessions::Bytes>| async move {
+        crate::server::relay::relay_any(io, remote, early, shared, &bytes).await
+    };
+    crate::server::accounting::relay_listed(shared, &meta, trace, relay)
         .await
         .map_err(SessionError::Relay)
 }

@@ -174,15 +174,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Ok((stream, peer)) => {
                 backoff = BACKOFF_MIN;
                 Stats::inc(&shared.stats.accepted);
-                if let Some(max) = shared.config.max_connections {
+                // The settings of `reconfigure`, if any, from this session on.
+                let gen = shared.current();
+                if let Some(max) = gen.config.max_connections {
                     if shared.stats.active.load(Ordering::Relaxed) >= max {
                         Stats::inc(&shared.stats.rejected);
                         over_max.refused(addr, peer, max);
+                        let why = format!("max_connections ({max}) reached");
+                        crate::server::accounting::rejected(&gen, peer, why);
                         drop(stream);
                         continue;
                     }
                 }
-                let slot = match shared.config.max_connections_per_ip {
+                let slot = match gen.config.max_connections_per_ip {
                     None => None,
                     // From a balancer: counted once the PROXY header names the client.
                     Some(_) if crate::server::proxy_accept::expects(&shared, peer) => None,
@@ -191,13 +195,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         None => {
                             Stats::inc(&shared.stats.rejected);
                             over_max_per_ip.refused(addr, peer, max);
+                            let why = format!("max_connections_per_ip ({max}) reached");
+                            crate::server::accounting::rejected(&gen, peer, why);
                             drop(stream);
                             continue;
                         }
                     },
                 };
                 shared.stats.active.fetch_add(1, Ordering::Relaxed);
-                let shared = shared.clone();
+                let shared = gen;
                 // `slot` (per-IP count) is held by the task: released however it ends.
                 match &shared.config.service {
                     Service::Socks5 => tokio::spawn(async move {

@@ -33,6 +33,23 @@ fn help(stat: &str) -> &'static str {
         "bytes_to_client" => "Bytes relayed from destinations to clients",
         "accept_errors" => "accept(2) errors",
         "tls_handshake_failures" => "Failed TLS handshakes with clients",
+        "udp_associations_active" => "UDP associations in progress",
+        "udp_associations_total" => "UDP associations started",
+        "udp_associations_refused" => "UDP associations refused at max_udp_associations",
+        "udp_datagrams_to_remote" => "Datagrams relayed from clients to destinations",
+        "udp_bytes_to_remote" => "Payload bytes relayed from clients to destinations",
+        "udp_datagrams_to_client" => "Datagrams relayed from destinations to clients",
+        "udp_bytes_to_client" => "Payload bytes relayed from destinations to clients",
+        "udp_dropped_foreign_source" => {
+            "Datagrams dropped: not from the client (or upstream relay)"
+        }
+        "udp_dropped_fragmented" => "Datagrams dropped: FRAG set (fragmentation unsupported)",
+        "udp_dropped_malformed" => "Datagrams dropped: bad UDP request header",
+        "udp_dropped_denied" => "Datagrams dropped: destination denied or unresolvable",
+        "udp_dropped_unsolicited" => "Replies dropped: from an address the client has not sent to",
+        "udp_dropped_oversize" => "Datagrams dropped: larger than the path carries",
+        "udp_dropped_send_error" => "Datagrams dropped: no socket for the family, or send failed",
+        "udp_dns_lookups" => "Name lookups by UDP associations (cache misses)",
         _ => "Listener counter",
     }
 }
@@ -61,14 +78,18 @@ impl Collector for Snapshot {
             .iter()
             .map(|l| Row {
                 addr: l.local_addr.to_string(),
-                stats: l.stats.snapshot(),
+                stats: {
+                    let mut s = l.stats.snapshot();
+                    s.extend(l.udp.snapshot());
+                    s
+                },
                 accepting: l.accepting.load(Ordering::Acquire),
             })
             .collect();
         // Names come from the stats snapshot, so a counter added there is exported too.
         if let Some(first) = rows.first() {
             for (i, (stat, _)) in first.stats.iter().enumerate() {
-                let gauge = *stat == "active";
+                let gauge = *stat == "active" || *stat == "udp_associations_active";
                 let ty = if gauge {
                     MetricType::Gauge
                 } else {

@@ -9,6 +9,7 @@ use crate::server::config::{IpSlot, Shared};
 use crate::server::proxy_inbound::origin_of;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::net::TcpStream;
 
 /// Whether this listener must read a header from `peer` first.
@@ -54,6 +55,8 @@ pub(crate) async fn accept(
         Err(why) => {
             Stats::inc(&shared.stats.failed);
             tracing::warn!("session from {peer} failed: PROXY header: {why}");
+            let why = format!("PROXY header: {why}");
+            crate::server::accounting::finish_early(shared, peer, SystemTime::now(), why);
             return None;
         }
     };
@@ -68,6 +71,13 @@ pub(crate) async fn accept(
                     "listener {}: refusing {}: max_connections_per_ip ({max}) reached",
                     shared.local_addr,
                     origin.describe()
+                );
+                let why = format!("max_connections_per_ip ({max}) reached");
+                crate::server::accounting::rejected_behind(
+                    shared,
+                    origin.peer,
+                    origin.proxy_peer,
+                    why,
                 );
                 return None;
             }

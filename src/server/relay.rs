@@ -10,6 +10,7 @@
 //! when nothing moved in either direction for the listener's `timeout`.
 
 use crate::server::config::Shared;
+use crate::server::sessions::Bytes;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -57,18 +58,18 @@ pub async fn relay(
     mut remote: TcpStream,
     early: &[u8],
     shared: &Shared,
+    session: &Bytes,
 ) -> io::Result<()> {
     let stats = &shared.stats;
     if !early.is_empty() {
         remote.write_all(early).await?;
-        stats
-            .bytes_to_remote
-            .fetch_add(early.len() as u64, Ordering::Relaxed);
+        count(&stats.bytes_to_remote, &session.up, early.len());
     }
     #[cfg(target_os = "linux")]
     if shared.config.use_splice {
         let activity = Activity::new();
-        let (to_remote, to_client) = (&stats.bytes_to_remote, &stats.bytes_to_client);
+        let to_remote = (&stats.bytes_to_remote, &session.up);
+        let to_client = (&stats.bytes_to_client, &session.down);
         let pool = pipes();
         let both = async {
             tokio::try_join!(
@@ -83,7 +84,14 @@ pub async fn relay(
     }
     // Boxed: the userspace copy's state is larger than splice's, and every relay's
     // future is as large as its largest path (an idle relay's memory is mostly that).
-    Box::pin(copy_both(client, remote, shared)).await
+    Box::pin(copy_both(client, remote, shared, session)).await
+}
+
+/// Bytes moved: the listener's counter and the session's (access log, live sessions).
+#[inline]
+fn count(listener: &AtomicU64, session: &AtomicU64, n: usize) {
+    listener.fetch_add(n as u64, Ordering::Relaxed);
+    session.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 /// `relay` without splice: userspace copy over the borrowed halves.
@@ -91,6 +99,7 @@ async fn copy_both(
     mut client: TcpStream,
     mut remote: TcpStream,
     shared: &Shared,
+    session: &Bytes,
 ) -> io::Result<()> {
     let stats = &shared.stats;
     let activity = Activity::new();
@@ -98,8 +107,18 @@ async fn copy_both(
     let (mut rr, mut rw) = remote.split();
     let both = async {
         tokio::try_join!(
-            copy_one_way(&mut cr, &mut rw, &stats.bytes_to_remote, &activity),
-            copy_one_way(&mut rr, &mut cw, &stats.bytes_to_client, &activity),
+            copy_one_way(
+                &mut cr,
+                &mut rw,
+                (&stats.bytes_to_remote, &session.up),
+                &activity
+            ),
+            copy_one_way(
+                &mut rr,
+                &mut cw,
+                (&stats.bytes_to_client, &session.down),
+                &activity
+            ),
         )
     };
     tokio::select! {
@@ -115,13 +134,14 @@ pub async fn relay_any(
     remote: crate::egress::EgressStream,
     early: &[u8],
     shared: &Shared,
+    session: &Bytes,
 ) -> io::Result<()> {
     use crate::host::stream::MaybeTls::Plain;
     match (client, remote) {
-        (Plain(c), Plain(r)) => relay(c, r, early, shared).await,
+        (Plain(c), Plain(r)) => relay(c, r, early, shared, session).await,
         // TLS relays hold whole TLS streams: boxed, so they do not grow every
         // session's future (an idle plain relay pays only for what it uses).
-        (c, r) => Box::pin(relay_streams(c, r, early, shared)).await,
+        (c, r) => Box::pin(relay_streams(c, r, early, shared, session)).await,
     }
 }
 
@@ -132,6 +152,7 @@ pub async fn relay_streams<C, R>(
     mut remote: R,
     early: &[u8],
     shared: &Shared,
+    session: &Bytes,
 ) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -140,17 +161,25 @@ where
     let stats = &shared.stats;
     if !early.is_empty() {
         remote.write_all(early).await?;
-        stats
-            .bytes_to_remote
-            .fetch_add(early.len() as u64, Ordering::Relaxed);
+        count(&stats.bytes_to_remote, &session.up, early.len());
     }
     let activity = Activity::new();
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut rr, mut rw) = tokio::io::split(remote);
     let both = async {
         tokio::try_join!(
-            copy_one_way(&mut cr, &mut rw, &stats.bytes_to_remote, &activity),
-            copy_one_way(&mut rr, &mut cw, &stats.bytes_to_client, &activity),
+            copy_one_way(
+                &mut cr,
+                &mut rw,
+                (&stats.bytes_to_remote, &session.up),
+                &activity
+            ),
+            copy_one_way(
+                &mut rr,
+                &mut cw,
+                (&stats.bytes_to_client, &session.down),
+                &activity
+            ),
         )
     };
     tokio::select! {
@@ -164,7 +193,7 @@ where
 async fn copy_one_way<R, W>(
     r: &mut R,
     w: &mut W,
-    counter: &AtomicU64,
+    counter: (&AtomicU64, &AtomicU64),
     activity: &Activity,
 ) -> io::Result<()>
 where
@@ -195,7 +224,7 @@ where
         } else {
             w.write_all(&buf[..n]).await?;
         }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        count(counter.0, counter.1, n);
         activity.touch();
     }
 }
@@ -240,7 +269,7 @@ mod splice {
     use super::{ignore_not_connected, Activity};
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
     use tokio::io::Interest;
     use tokio::net::TcpStream;
@@ -327,7 +356,7 @@ mod splice {
     pub async fn one_way(
         src: &TcpStream,
         dst: &TcpStream,
-        counter: &AtomicU64,
+        counter: (&AtomicU64, &AtomicU64),
         activity: &Activity,
         pool: &PipePool,
     ) -> io::Result<()> {
@@ -362,7 +391,7 @@ mod splice {
                 }) {
                     Ok(m) => {
                         left -= m;
-                        counter.fetch_add(m as u64, Ordering::Relaxed);
+                        super::count(counter.0, counter.1, m);
                         activity.touch();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

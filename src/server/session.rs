@@ -8,6 +8,7 @@ use crate::host::net::{within, LocalAddr, PeerAddr};
 use crate::host::stats::Stats;
 use crate::host::stream::ClientStream;
 use crate::proto::socks5::{self};
+use crate::server::accounting::Trace;
 use crate::server::config::Shared;
 use crate::server::error::SessionError;
 use crate::server::socks5::Framed;
@@ -17,6 +18,9 @@ use tokio::net::TcpStream;
 
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _active = crate::host::stats::ActiveGuard(&shared.stats);
+    // Boxed (its state is read only at the end), and made first: its start
+    // time includes the PROXY header and TLS handshake.
+    let mut trace = Trace::new("socks5");
     // `proxy_protocol`: from a balancer, the client is whom its header names.
     // Boxed: only the header read needs this state.
     let Some(crate::server::proxy_accept::Accepted {
@@ -74,6 +78,8 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
                     Stats::inc(&stats.tls_handshake_failures);
                     Stats::inc(&stats.failed);
                     tracing::warn!("session from {peer} failed: TLS handshake: {why}");
+                    let why = format!("TLS handshake: {why}");
+                    crate::server::accounting::finish_early(&shared, peer, trace.start, why);
                     return;
                 }
             }
@@ -88,10 +94,12 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
         proxy_tlvs,
     });
 
+    trace.proxy_peer = meta.proxy_peer;
     let result = tokio::select! {
-        r = handle(client, &meta, &shared) => r,
+        r = handle(client, &meta, &shared, &mut trace) => r,
         _ = shared.abort.cancelled() => Err(SessionError::Aborted),
     };
+    crate::server::accounting::finish(&shared, peer, &trace, &result);
 
     match result {
         Ok(()) => Stats::inc(&stats.completed),
@@ -123,6 +131,7 @@ async fn handle(
     stream: ClientStream,
     meta: &Arc<ConnMeta>,
     shared: &Shared,
+    trace: &mut Trace,
 ) -> Result<(), SessionError> {
     let mut conn = Framed {
         io: stream,
@@ -132,10 +141,14 @@ async fn handle(
     let protocols = shared.config.protocols;
     if protocols.http && (!protocols.socks5 || conn.first_byte().await? != socks5::VERSION) {
         let Framed { io, buf, .. } = conn;
+        trace.protocol = "http";
         // Boxed: the HTTP state is large and would otherwise size every session.
-        return Box::pin(crate::server::http_connect::handle(io, buf, meta, shared)).await;
+        return Box::pin(crate::server::http_connect::handle(
+            io, buf, meta, shared, trace,
+        ))
+        .await;
     }
-    crate::server::socks5::handle(conn, meta, shared).await
+    crate::server::socks5::handle(conn, meta, shared, trace).await
 }
 
 #[cfg(test)]
@@ -177,5 +190,6 @@ pub async fn fuzz_session(
         proxy_peer: None,
         proxy_tlvs: None,
     });
-    handle(ClientStream::Mem(client), &meta, shared).await
+    let mut trace = Trace::new("socks5");
+    handle(ClientStream::Mem(client), &meta, shared, &mut trace).await
 }

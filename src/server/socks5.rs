@@ -109,9 +109,11 @@ pub(crate) async fn handle(
     mut conn: Framed<ClientStream>,
     meta: &Arc<ConnMeta>,
     shared: &Shared,
+    trace: &mut crate::server::accounting::Trace,
 ) -> Result<(), SessionError> {
     let greeting = conn.read("greeting", socks5::parse_greeting).await?;
     let auth = Arc::new(authenticate(&mut conn, &greeting, meta, shared).await?);
+    trace.auth = Some(auth.clone());
     tracing::debug!(
         "session from {}: authenticated as {}",
         meta.peer,
@@ -131,6 +133,8 @@ pub(crate) async fn handle(
             }
             Err(e) => return Err(e),
         };
+        trace.command = Some(crate::server::accounting::command_name(req.command));
+        trace.destination = Some(req.target.to_string());
         match req.command {
             Command::Bind => {
                 let source = match (&bound, &req.target) {
@@ -191,6 +195,10 @@ pub(crate) async fn handle(
                     }
                 };
                 let bound_addr = dialed.bound;
+                trace.connected(
+                    dialed.stream.tcp(),
+                    plan.egress.as_ref().map(|e| e.name.as_str()),
+                );
                 conn.reply(&Reply::success(bound_addr)).await?;
                 tracing::debug!(
                     "session from {}: connected to {} from {bound_addr}",
@@ -200,16 +208,25 @@ pub(crate) async fn handle(
                 let Framed { io, mut buf, .. } = conn;
                 // Usually empty: free the frame buffer so an idle relay does not hold it.
                 buf.shrink_to_fit();
-                return crate::server::relay::relay_any(io, dialed.stream, &buf, shared)
+                let stream = dialed.stream;
+                let relay = |bytes: Arc<crate::server::sessions::Bytes>| async move {
+                    crate::server::relay::relay_any(io, stream, &buf, shared, &bytes).await
+                };
+                return crate::server::accounting::relay_listed(shared, meta, trace, relay)
                     .await
                     .map_err(SessionError::Relay);
             }
             Command::UdpAssociate => {
-                conn.reply(&Reply::failure(reply::COMMAND_NOT_SUPPORTED))
-                    .await?;
-                return Err(SessionError::Refused(
-                    "UDP ASSOCIATE is not supported".into(),
-                ));
+                let Framed { io, .. } = conn;
+                // Boxed: the association's state would otherwise size every session.
+                return Box::pin(crate::server::udp_session::associate(
+                    io,
+                    &req.target,
+                    &auth,
+                    meta,
+                    shared,
+                ))
+                .await;
             }
         }
     }
@@ -278,8 +295,17 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             };
             // For log lines: escaped (proto::text::ClientText).
             let user = crate::proto::text::client(&creds.username).to_string();
+            // Boxed: the credential check (auth cache, auth_http, a Lua question)
+            // is the session's largest state and ends before the relay; inline it
+            // would size every session's task (issue 8).
             let verdict =
-                crate::policy::auth::check_rfc1929(creds.username, creds.password, meta, &shared.auth_ctx()).await;
+                Box::pin(crate::policy::auth::check_rfc1929(
+                    creds.username,
+                    creds.password,
+                    meta,
+                    &shared.auth_ctx(),
+                ))
+                .await;
             conn.write(
                 "sending auth status",
                 &socks5::encode_auth_status(verdict.is_ok()),

@@ -4,6 +4,7 @@
 //! - `GET /metrics`          Prometheus (OpenMetrics text) exposition
 //! - `GET /proxy/status`     200 while every proxy listener accepts, else 503
 //! - `GET /proxy/listeners`  JSON: address, protocols, TLS, accepting, stats
+//! - `GET /proxy/sessions`   JSON: live sessions of every listener (who, where, bytes)
 //!
 //! Every request is authenticated first, as KumoMTA guards its HTTP endpoints:
 //! `Authorization: Basic` goes to `http_server_validate_auth_basic` (true = in,
@@ -347,7 +348,10 @@ async fn respond(
         meta.peer,
         crate::proto::text::client(&who)
     );
-    if !matches!(path, "/metrics" | "/proxy/status" | "/proxy/listeners") {
+    if !matches!(
+        path,
+        "/metrics" | "/proxy/status" | "/proxy/listeners" | "/proxy/sessions"
+    ) {
         return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -390,6 +394,7 @@ async fn respond(
                 }),
             )
         }
+        "/proxy/sessions" => json(StatusCode::OK, &sessions_json(&listeners)),
         _ => {
             let list: Vec<serde_json::Value> = listeners
                 .iter()
@@ -398,6 +403,7 @@ async fn respond(
                         .stats
                         .snapshot()
                         .into_iter()
+                        .chain(l.udp.snapshot())
                         .map(|(k, v)| (k.to_string(), v.into()))
                         .collect();
                     // Egress forwarders share the accept loop; they speak no protocol.
@@ -420,4 +426,26 @@ async fn respond(
             json(StatusCode::OK, &serde_json::Value::Array(list))
         }
     })
+}
+
+/// `GET /proxy/sessions`: every listener's live sessions as JSON.
+fn sessions_json(listeners: &[Arc<crate::server::config::Shared>]) -> serde_json::Value {
+    let mut out = Vec::new();
+    for l in listeners {
+        for s in l.sessions.list(&Default::default()) {
+            out.push(serde_json::json!({
+                "listener": l.local_addr.to_string(),
+                "id": s.id,
+                "peer": s.info.peer.to_string(),
+                "protocol": s.info.protocol,
+                "identity": s.identity(),
+                "groups": s.info.groups,
+                "destination": s.info.destination,
+                "started": humantime::format_rfc3339_millis(s.info.started).to_string(),
+                "bytes_up": s.bytes.up.load(std::sync::atomic::Ordering::Relaxed),
+                "bytes_down": s.bytes.down.load(std::sync::atomic::Ordering::Relaxed),
+            }));
+        }
+    }
+    serde_json::Value::Array(out)
 }
