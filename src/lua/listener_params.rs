@@ -61,7 +61,7 @@ pub(crate) fn listener_config_in(ctx: &str, v: Value) -> mlua::Result<Config> {
         ));
     }
     c.protocols = crate::lua::http::protocols_param(&mut p)?;
-    c.udp = crate::lua::udp::udp_params(&mut p)?;
+    c.udp = crate::lua::udp_params::udp_params(&mut p)?;
     c.proxy_protocol = crate::lua::proxy_protocol::inbound_param(&mut p)?;
     c.send_proxy = crate::lua::proxy_protocol::send_param(&mut p)?;
     auth_params(&mut p, &mut c)?;

@@ -21,6 +21,7 @@ pub mod params;
 pub mod proxy_protocol;
 pub mod pumping;
 pub mod udp;
+pub mod udp_params;
 
 use crate::host::runtime;
 use crate::lua::dispatch::handlers;
