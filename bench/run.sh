@@ -76,9 +76,9 @@ fi
 log "building the module (release) and socksbench"
 nice -n 10 cargo build --release -q
 mkdir -p build/lua5.4
-cp target/release/libkumoproxy.so build/lua5.4/kumoproxy.so
+cp "${CARGO_TARGET_DIR:-target}/release/libkumoproxy.so" build/lua5.4/kumoproxy.so
 nice -n 10 cargo build --release -q --manifest-path bench/Cargo.toml
-SB=$ROOT/bench/target/release/socksbench
+SB=${CARGO_TARGET_DIR:-$ROOT/bench/target}/release/socksbench
 
 # Idle relays need ~20k fds in the proxy: up to the hard limit (it cannot go higher).
 ulimit -n "$(ulimit -Hn)"

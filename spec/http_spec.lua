@@ -344,7 +344,8 @@ describe('start_http_listener', function()
     local p = H.listener { allow_private_destinations = true, protocols = { 'socks5', 'http' }, trusted_hosts = {} }
     local s = kp.start_http_listener { listen = '127.0.0.1:0' }
     local lbl = ('{listener="%s"}'):format(p:local_addr())
-    local code, text = get(s, '/metrics')
+    local om = "-H 'Accept: application/openmetrics-text'"
+    local code, text = get(s, '/metrics', om)
     assert.are.equal(200, code)
     assert.matches('# TYPE kumoproxy_listener_accepted counter', text, 1, true)
     assert.matches('# EOF\n$', text)
@@ -364,7 +365,7 @@ describe('start_http_listener', function()
     end
     assert.are.equal(407, (curl_connect('http://u:bad@' .. p:local_addr(), ('http://127.0.0.1:%d/'):format(origin.http))))
     H.quiesce()
-    local after = parse_metrics(select(2, get(s, '/metrics')))
+    local after = parse_metrics(select(2, get(s, '/metrics', om)))
     local function d(name) return after[name .. lbl] - before[name .. lbl] end
     assert.are.equal(N + 1, d('kumoproxy_listener_accepted_total'))
     assert.are.equal(N, d('kumoproxy_listener_completed_total'))
@@ -372,8 +373,8 @@ describe('start_http_listener', function()
     assert.are.equal(1, d('kumoproxy_listener_auth_failures_total'))
     assert.are.equal(0, after['kumoproxy_listener_active' .. lbl])
     -- Each origin response is 18 body bytes plus headers, each request a GET head.
-    assert.is_true(d('kumoproxy_listener_bytes_to_client_total') > N * 18)
-    assert.is_true(d('kumoproxy_listener_bytes_to_remote_total') > N * 20)
+    assert.is_true(d('kumoproxy_listener_to_client_bytes_total') > N * 18)
+    assert.is_true(d('kumoproxy_listener_to_remote_bytes_total') > N * 20)
     local ev = '{event="http_server_validate_auth_basic"}'
     local c0 = before['kumoproxy_lua_event_duration_seconds_count' .. ev] or 0
     assert.are.equal(N + 1, after['kumoproxy_lua_event_duration_seconds_count' .. ev] - c0)

@@ -168,6 +168,22 @@ describe('OpenResty embedding (real nginx, 2 workers)', function()
     assert.are.equal('hello from origin\n', out)
   end)
 
+  it('leaves the error log empty while the proxy is quiet', function()
+    -- Each idle worker waits on its wake socket; that wait must not log (it
+    -- once logged "lua tcp socket read timed out" every second per worker).
+    -- The log level here is info, so any line at all counts.
+    local quiet_seconds = 4 -- four exit checks per worker
+    local before = read(o.prefix .. '/error.log')
+    H.kp.run_until(quiet_seconds)
+    local added = read(o.prefix .. '/error.log'):sub(#before + 1)
+    local _, lines = added:gsub('\n', '')
+    assert.are.equal(0, lines, added)
+    -- And the pump still answers after the quiet spell.
+    local out, rc, err = curl('alice', 'secret')
+    assert.are.equal(0, rc, err)
+    assert.are.equal('hello from origin\n', out)
+  end)
+
   it('checks credentials with a cosocket round trip and refuses a wrong password', function()
     local _, rc = curl('alice', 'wrong')
     assert.are_not.equal(0, rc)

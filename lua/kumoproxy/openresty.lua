@@ -100,6 +100,18 @@ local function drain(opts)
   dispatch()
 end
 
+-- Waits on the wake socket and dispatches; runs as a light thread of the
+-- reader timer. Returns why it stopped reading ('closed', ...).
+local function wait_for_wakeups(sock)
+  while true do
+    local data, err = sock:receiveany(4096)
+    if not data then
+      return err
+    end
+    dispatch()
+  end
+end
+
 function reader(premature, opts)
   if premature then
     -- The worker exits before this (re)scheduled reader ran: stop accepting and
@@ -116,18 +128,32 @@ function reader(premature, opts)
     ngx.timer.at(1, reader, opts)
     return
   end
-  -- The timeout only bounds how late we notice the worker exiting.
-  sock:settimeout(opts.exit_check_interval * 1000)
+  -- A cosocket read that times out logs "[error] ... lua tcp socket read timed
+  -- out" (unless lua_socket_log_errors is off), so the read never times out:
+  -- a light thread waits on the socket while this one sleeps, checks for the
+  -- worker exiting and kills the reader (which logs nothing). The read timeout
+  -- is only a backstop (24 days, the largest nginx takes); the reader is
+  -- renewed long before it, and every check also dispatches, which covers a
+  -- wakeup that went to an old connection.
+  sock:settimeout(2 ^ 31 - 1)
+  local thread = ngx.thread.spawn(wait_for_wakeups, sock)
+  local renew_at = ngx.now() + opts.renew_interval
   while true do
     dispatch() -- also covers events queued before we connected
     if ngx.worker.exiting() then
+      ngx.thread.kill(thread)
       sock:close()
       return drain(opts)
     end
-    local data, rerr = sock:receiveany(4096)
-    if not data and rerr ~= 'timeout' then
-      ngx.log(ngx.WARN, 'kumoproxy: wake socket: ', rerr, '; reconnecting')
+    ngx.sleep(opts.exit_check_interval)
+    -- ngx.thread.wait would block; a finished thread is "dead" to kill().
+    local running = coroutine.status(thread) ~= 'dead'
+    if not running or ngx.now() >= renew_at then
+      ngx.thread.kill(thread)
       sock:close()
+      if not running then
+        ngx.log(ngx.WARN, 'kumoproxy: wake socket closed; reconnecting')
+      end
       ngx.timer.at(0, reader, opts)
       return
     end
@@ -151,6 +177,7 @@ function M.start(opts)
     path = kumoproxy.event_socket(opts.socket_dir),
     drain_timeout = opts.drain_timeout or 10,
     exit_check_interval = opts.exit_check_interval or 1,
+    renew_interval = 86400,
   }
   local ok, err = ngx.timer.at(0, reader, o)
   if not ok then

@@ -6,7 +6,8 @@ local socket = require 'socket'
 
 local H = { kp = kp, socket = socket }
 
-H.lua = jit and 'luajit' or 'lua5.4'
+-- The interpreter running the specs, for child processes (Debian names: lua5.4, lua5.3...).
+H.lua = jit and 'luajit' or ('lua' .. _VERSION:match('%d+%.%d+'))
 
 function H.pid()
   local f = assert(io.open('/proc/self/stat'))

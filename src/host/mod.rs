@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod process;
 pub mod pump;
 pub mod runtime;
 pub mod signals;

@@ -157,13 +157,16 @@ fn plain_errors(lua: &Lua, m: Table) -> mlua::Result<Table> {
           s = s:gsub('^runtime error: ', '', 1)
           return (s:gsub('\nstack traceback:.*$', ''))
         end
+        local select = select
         local function check(ok, ...)
           if ok then return ... end
-          error(message((...)), 2)
+          error(message((...)), 3)
         end
         for name, f in pairs(m) do
           if type(f) == 'function' then
-            m[name] = function(...) return check(pcall(f, ...)) end
+            -- Not `return check(...)`: Lua 5.1 drops a tail-called frame's caller
+            -- from error positions. Level 3 = check <- wrapper <- the caller.
+            m[name] = function(...) return select(1, check(pcall(f, ...))) end
           end
         end
         return m

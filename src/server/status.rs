@@ -1,7 +1,7 @@
 //! The status and metrics listener (`kumoproxy.start_http_listener`): hyper 1,
 //! HTTP/1.1, optionally inside TLS, on the module's runtime.
 //!
-//! - `GET /metrics`          Prometheus (OpenMetrics text) exposition
+//! - `GET /metrics`          Prometheus exposition (OpenMetrics or text 0.0.4, by `Accept`)
 //! - `GET /proxy/status`     200 while every proxy listener accepts, else 503
 //! - `GET /proxy/listeners`  JSON: address, protocols, TLS, accepting, stats
 //! - `GET /proxy/sessions`   JSON: live sessions of every listener (who, where, bytes)
@@ -21,7 +21,9 @@ use crate::proto::http::{parse_credentials, Credentials, REALM};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, VARY, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -363,14 +365,19 @@ async fn respond(
     let listeners = crate::server::listener::live();
     Ok(match path {
         "/metrics" => {
+            use crate::server::metrics;
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let format = metrics::negotiate(accept);
             let mut r = text(
                 StatusCode::OK,
-                crate::server::metrics::render(listeners, &shared.pump),
+                metrics::render(listeners, &shared.pump, format),
             );
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static(crate::server::metrics::CONTENT_TYPE),
+                HeaderValue::from_static(format.content_type()),
             );
+            r.headers_mut()
+                .insert(VARY, HeaderValue::from_static("Accept"));
             r
         }
         "/proxy/status" => {
