@@ -74,11 +74,13 @@ fi
 
 # --- builds ----------------------------------------------------------------------
 log "building the module (release) and socksbench"
+# CARGO_TARGET_DIR (e.g. a shared one) is honoured for the module; socksbench
+# always builds into bench/target.
 nice -n 10 cargo build --release -q
 mkdir -p build/lua5.4
 cp "${CARGO_TARGET_DIR:-target}/release/libkumoproxy.so" build/lua5.4/kumoproxy.so
-nice -n 10 cargo build --release -q --manifest-path bench/Cargo.toml
-SB=${CARGO_TARGET_DIR:-$ROOT/bench/target}/release/socksbench
+nice -n 10 cargo build --release -q --manifest-path bench/Cargo.toml --target-dir bench/target
+SB=$ROOT/bench/target/release/socksbench
 
 # Idle relays need ~20k fds in the proxy: up to the hard limit (it cannot go higher).
 ulimit -n "$(ulimit -Hn)"

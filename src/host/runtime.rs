@@ -9,8 +9,8 @@
 //! not exist in the child. Nothing here is ever dropped at exit either, so process
 //! exit never waits on runtime threads.
 
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::{Once, OnceLock};
 use tokio::runtime::Runtime;
 
 /// A value per process: created on first use after start or after a fork, never
@@ -28,7 +28,7 @@ impl<T: 'static> PerProcess<T> {
 
     /// This process's value, made by `init` on first use in this process.
     pub fn get_or_init(&self, init: impl FnOnce() -> T) -> &'static T {
-        let pid = std::process::id();
+        let pid = pid();
         let p = self.current.load(Ordering::Acquire);
         if !p.is_null() {
             // SAFETY: pointers stored here come from Box::leak and are never freed.
@@ -49,6 +49,35 @@ impl<T: 'static> PerProcess<T> {
     }
 }
 
+/// This process's id, cached. `std::process::id()` is a getpid(2) syscall on
+/// every call (glibc no longer caches it), and per-process cells are read on
+/// per-connection paths. A fork handler clears the cache in the child, so the
+/// child's first lookup asks the kernel again.
+static PID: AtomicU32 = AtomicU32::new(0);
+static FORK_HANDLER: Once = Once::new();
+
+extern "C" fn forget_pid_in_child() {
+    PID.store(0, Ordering::Release);
+}
+
+/// The calling process's id (see `PID`). Forks that bypass `pthread_atfork`
+/// (a raw clone(2), `_Fork`) are not seen; nginx, OpenResty and Lua's own
+/// `os.execute`/`io.popen` go through fork() or exec at once.
+pub fn pid() -> u32 {
+    let p = PID.load(Ordering::Acquire);
+    if p != 0 {
+        return p;
+    }
+    // Registered before the first value is cached: a cached value copied into a
+    // child is always one the handler will clear.
+    FORK_HANDLER.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(forget_pid_in_child));
+    });
+    let p = std::process::id();
+    PID.store(p, Ordering::Release);
+    p
+}
+
 impl<T: 'static> Default for PerProcess<T> {
     fn default() -> Self {
         Self::new()
@@ -65,7 +94,7 @@ static CURRENT: PerProcess<Process> = PerProcess::new();
 /// The state of the calling process, created on first use after start or fork.
 pub fn current() -> &'static Process {
     CURRENT.get_or_init(|| Process {
-        pid: std::process::id(),
+        pid: pid(),
         runtime: OnceLock::new(),
     })
 }
@@ -105,5 +134,27 @@ fn block_all_signals() {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The cached pid is right in the parent and, after fork(), in the child.
+    #[test]
+    fn cached_pid_follows_fork() {
+        assert_eq!(super::pid(), std::process::id());
+        assert_eq!(super::pid(), std::process::id());
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            // In the child: only async-signal-safe calls, then _exit.
+            let ok = super::pid() == unsafe { libc::getpid() } as u32;
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(libc::WEXITSTATUS(status), 0, "child saw its parent's pid");
+        assert_eq!(super::pid(), std::process::id());
     }
 }

@@ -195,14 +195,33 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
             // Seed semantics: true/false decide; anything else is a handler bug
             // and fails closed with a 500, never a pass.
             let verdict = match outcome {
-                Ok(Value::Boolean(b)) => Ok(b),
+                Ok(Value::Boolean(true)) => Ok(Some(AuthInfo::single(
+                    String::from_utf8_lossy(&user),
+                    crate::policy::identity::CONTEXT_HTTP_BASIC,
+                ))),
+                Ok(Value::Boolean(false)) => Ok(None),
+                // The same AuthInfo table as proxy_server_auth_rfc1929's, so HTTP
+                // CONNECT users get the same identities, permissions and limits.
+                Ok(Value::Table(t)) => {
+                    match auth_info_from_table(&t) {
+                        Ok(info) if !info.identities.is_empty() => Ok(Some(info)),
+                        Ok(_) => {
+                            tracing::error!("{name}: handler returned an AuthInfo with no identities for user '{who}'");
+                            Err("handler returned an AuthInfo with no identities".into())
+                        }
+                        Err(e) => {
+                            tracing::error!("{name}: handler returned an invalid AuthInfo for user '{who}': {e}");
+                            Err(format!("handler returned an invalid AuthInfo: {e}"))
+                        }
+                    }
+                }
                 Ok(other) => {
                     tracing::error!(
-                        "{name}: handler returned a value of type {} for user '{who}'; expected a boolean",
+                        "{name}: handler returned a value of type {} for user '{who}'; expected a boolean or an AuthInfo table",
                         other.type_name()
                     );
                     Err(format!(
-                        "handler returned a value of type {}; expected a boolean",
+                        "handler returned a value of type {}; expected a boolean or an AuthInfo table",
                         other.type_name()
                     ))
                 }
@@ -424,10 +443,11 @@ pub fn auth_info_from_table(t: &Table) -> Result<AuthInfo, String> {
     for (k, _) in t.pairs::<String, Value>().flatten() {
         if !matches!(
             k.as_str(),
-            "identities" | "groups" | "permissions" | "cache_scope"
+            "identities" | "groups" | "permissions" | "cache_scope" | "limits" | "limit_key"
         ) {
             return Err(format!(
-                "unknown key '{k}' (known: identities, groups, permissions, cache_scope)"
+                "unknown key '{}' (known: identities, groups, permissions, cache_scope, limits, limit_key)",
+                crate::proto::text::client(&k)
             ));
         }
     }
@@ -486,6 +506,10 @@ pub fn auth_info_from_table(t: &Table) -> Result<AuthInfo, String> {
     if !perms.is_nil() {
         let p = permissions_from_value(&perms).map_err(|e| format!("permissions: {e}"))?;
         info.permissions = Some(Arc::new(p));
+    }
+    let (spec, key) = crate::lua::limits::auth_limits(t)?;
+    if spec.is_some() || key.is_some() {
+        info.limits = Some(Arc::new(crate::policy::identity::UserLimits { spec, key }));
     }
     Ok(info)
 }

@@ -120,6 +120,24 @@ impl UserData for LuaListener {
                 .map(|c| c.flush())
                 .unwrap_or(0))
         });
+        methods.add_method("limit_stats", |lua, this, key: String| {
+            let spec = this
+                .check_pid()?
+                .config
+                .limits
+                .clone()
+                .ok_or_else(|| err("limit_stats: this listener has no limits"))?;
+            let r = crate::lua::pumping::block_pumping(lua, async move {
+                crate::policy::limits::limiter().stats(&key, &spec).await
+            })?;
+            match r {
+                Ok(s) => Ok((
+                    Value::Table(crate::lua::limits::stats_table(lua, &s)?),
+                    Value::Nil,
+                )),
+                Err(e) => Ok((Value::Nil, Value::String(lua.create_string(e)?))),
+            }
+        });
         methods.add_method("close", |lua, this, ()| {
             this.check_pid()?.close();
             crate::lua::ops::forget_params(lua, &this.shared)?;

@@ -66,6 +66,7 @@ pub(crate) fn listener_config_in(ctx: &str, v: Value) -> mlua::Result<Config> {
     c.send_proxy = crate::lua::proxy_protocol::send_param(&mut p)?;
     auth_params(&mut p, &mut c)?;
     c.access_log = access_log_param(&mut p)?.flatten();
+    c.limits = crate::lua::limits::listener_limits(&mut p)?;
     // Unknown keys first: a missing `listen` is often a misspelt one.
     p.finish()?;
     if listen.is_none() {

@@ -14,6 +14,7 @@ pub mod egress;
 pub mod egress_source;
 pub mod embed;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod listener_params;
 pub mod ops;
@@ -44,6 +45,10 @@ pub fn module(lua: &Lua) -> mlua::Result<Table> {
     m.set(
         "start_proxy_listener",
         lua.create_function(crate::lua::listener::start_proxy_listener)?,
+    )?;
+    m.set(
+        "configure_redis",
+        lua.create_function(crate::lua::limits::configure_redis)?,
     )?;
     m.set("run", lua.create_function(crate::lua::pumping::run)?)?;
     m.set("poll", lua.create_function(crate::lua::pumping::poll)?)?;

@@ -277,6 +277,24 @@ pub fn parse_reply(body: &[u8], username: &str, context: &str) -> Result<AuthInf
             .map_err(|e| format!("permissions.{e}"))?;
         info.permissions = Some(Arc::new(perms));
     }
+    let mut limits = crate::policy::identity::UserLimits::default();
+    if let Some(l) = obj.get("limits") {
+        let spec = crate::policy::limits::LimitsSpec::from_json(l).map_err(|e| e.to_string())?;
+        if spec.scope == crate::policy::limits::Scope::Fleet
+            && crate::policy::limits::limiter().fleet().is_none()
+        {
+            return Err("limits.scope: 'fleet' needs kumoproxy.configure_redis{} first".into());
+        }
+        limits.spec = Some(Arc::new(spec));
+    }
+    match obj.get("limit_key") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(s)) if !s.is_empty() => limits.key = Some(s.clone()),
+        Some(_) => return Err("limit_key must be a non-empty string".into()),
+    }
+    if limits != crate::policy::identity::UserLimits::default() {
+        info.limits = Some(Arc::new(limits));
+    }
     Ok(info)
 }
 

@@ -16,8 +16,10 @@ use tokio::sync::oneshot;
 /// Why an authentication was refused; never contains the password.
 pub type Verdict = Result<AuthInfo, String>;
 
-/// `http_server_validate_auth_basic`'s answer: admitted or not, or why it failed.
-pub type BasicVerdict = Result<bool, String>;
+/// `http_server_validate_auth_basic`'s answer: Ok(Some(who)) for `true` or an
+/// AuthInfo table, Ok(None) for `false`, or Err(why) for an error or any other
+/// value (500, never a pass).
+pub type BasicVerdict = Result<Option<AuthInfo>, String>;
 
 pub enum Event {
     /// `proxy_server_auth_rfc1929(username, password, conn_meta)`

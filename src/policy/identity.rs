@@ -22,8 +22,19 @@ pub struct AuthInfo {
     pub groups: Vec<String>,
     /// The user's own destination rules, checked after the listener's.
     pub permissions: Option<Arc<Permissions>>,
+    /// The user's own `limits` and `limit_key`, when given. One pointer: every
+    /// session's handshake future holds AuthInfo values, and most have neither.
+    pub limits: Option<Arc<UserLimits>>,
     /// How widely the `auth_cache` may reuse this acceptance.
     pub cache_scope: CacheScope,
+}
+
+/// An AuthInfo's `limits` (replacing the listener's) and `limit_key` (the
+/// bucket they count in; default: the first identity).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    pub spec: Option<Arc<crate::policy::limits::LimitsSpec>>,
+    pub key: Option<String>,
 }
 
 /// `cache_scope` in an AuthInfo (Lua table or `auth_http` JSON).
@@ -70,10 +81,25 @@ impl AuthInfo {
             groups: Vec::new(),
             permissions: None,
             cache_scope: CacheScope::Connection,
+            limits: None,
         }
     }
 
-    /// A short description for logs: the first identity. Identities come from
+    /// The bucket this principal's limits are counted in: `limit_key`, else the
+    /// first identity (username, trusted peer IP, certificate name).
+    pub fn limit_key(&self) -> Option<&str> {
+        self.limits
+            .as_ref()
+            .and_then(|l| l.key.as_deref())
+            .or_else(|| self.identities.first().map(|i| i.identity.as_str()))
+    }
+
+    /// The AuthInfo's own limits spec, if any.
+    pub fn own_limits(&self) -> Option<&Arc<crate::policy::limits::LimitsSpec>> {
+        self.limits.as_ref().and_then(|l| l.spec.as_ref())
+    }
+
+    /// A short description: the first identity. Identities come from
     /// clients (usernames) and handlers: escaped.
     pub fn summary(&self) -> String {
         use crate::proto::text::client;

@@ -8,5 +8,6 @@ pub mod auth_cache;
 pub mod auth_http;
 pub mod events;
 pub mod identity;
+pub mod limits;
 pub mod permissions;
 pub mod request;

@@ -296,14 +296,34 @@ impl Permissions {
             Some(_) => None,
             None => Some(normalize_name(host)),
         };
+        // The name is the client's: shown escaped in the refusal message.
+        let shown = crate::proto::text::client(host);
+        self.check_parsed(&shown, literal, name.as_deref(), port, addrs)
+    }
+
+    /// `check` for a destination given as an IP address: the same rules and
+    /// messages as `check(&ip.to_string(), ..)`, without formatting the address
+    /// and parsing it back on every request.
+    pub fn check_ip(&self, ip: IpAddr, port: u16, addrs: &[IpAddr]) -> Result<(), String> {
+        self.check_parsed(&ip, Some(canonical(ip)), None, port, addrs)
+    }
+
+    fn check_parsed(
+        &self,
+        host: &dyn std::fmt::Display,
+        literal: Option<IpAddr>,
+        name: Option<&str>,
+        port: u16,
+        addrs: &[IpAddr],
+    ) -> Result<(), String> {
         let mut ips: Vec<IpAddr> = addrs.iter().map(|a| canonical(*a)).collect();
         if let Some(ip) = literal {
             if !ips.contains(&ip) {
                 ips.push(ip);
             }
         }
-        let dest = || format!("{}:{port}", crate::proto::text::client(host));
-        if let Some(n) = &name {
+        let dest = || format!("{host}:{port}");
+        if let Some(n) = name {
             if let Some(r) = self.deny.iter().find(|r| r.matches_name(n, port)) {
                 return Err(format!("{} is denied by '{r}'", dest()));
             }
@@ -324,7 +344,7 @@ impl Permissions {
         if self.allow.is_empty() {
             return Ok(());
         }
-        if let Some(n) = &name {
+        if let Some(n) = name {
             if self.allow.iter().any(|r| r.matches_name(n, port)) {
                 return Ok(());
             }
@@ -350,6 +370,19 @@ pub fn check(
 ) -> Result<(), String> {
     for p in layers {
         p.check(host, port, addrs)?;
+    }
+    Ok(())
+}
+
+/// `check` for a destination given as an IP address (see [`Permissions::check_ip`]).
+pub fn check_ip(
+    layers: &[&Permissions],
+    ip: IpAddr,
+    port: u16,
+    addrs: &[IpAddr],
+) -> Result<(), String> {
+    for p in layers {
+        p.check_ip(ip, port, addrs)?;
     }
     Ok(())
 }
@@ -387,6 +420,43 @@ pub fn check_source(allowed: Option<&[IpNet]>, ip: IpAddr, port: u16) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `check_ip` is `check` on the address's text, without the text.
+    #[test]
+    fn check_ip_matches_check_on_text() {
+        let layers = [
+            Permissions::private_destinations(),
+            Permissions::parse(
+                &["10.0.0.0/8:25", "*.example.com", "2001:db8::/32"],
+                &["10.9.0.0/16"],
+            )
+            .unwrap(),
+            Permissions::parse(&["*:443"], &[] as &[&str]).unwrap(),
+            Permissions::default(),
+        ];
+        let ips = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "10.9.1.1",
+            "192.0.2.1",
+            "::1",
+            "2001:db8::5",
+            "::ffff:10.1.2.3",
+            "0.0.0.0",
+        ];
+        for p in &layers {
+            for ip in ips {
+                let ip: IpAddr = ip.parse().unwrap();
+                for port in [25, 443, 80] {
+                    assert_eq!(
+                        p.check_ip(ip, port, &[ip]),
+                        p.check(&ip.to_string(), port, &[ip]),
+                        "{ip}:{port} against {p:?}"
+                    );
+                }
+            }
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -39,6 +39,12 @@ impl<'a> ClientText<'a> {
     }
 }
 
+/// [`ClientText`] of `s` as a string, for call sites that want one (the same
+/// escaping: there is one way to show client text).
+pub fn printable(s: &str) -> std::borrow::Cow<'static, str> {
+    std::borrow::Cow::Owned(ClientText::new(s).to_string())
+}
+
 /// Shorthand for [`ClientText::new`].
 pub fn client<T: AsRef<[u8]> + ?Sized>(bytes: &T) -> ClientText<'_> {
     ClientText::new(bytes)

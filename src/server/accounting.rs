@@ -143,6 +143,10 @@ pub fn finish(shared: &Shared, peer: SocketAddr, trace: &Trace, result: &Result<
             r.context = Some(first.context.clone());
         }
         r.groups = a.groups.clone();
+        // The limit key only where limits exist: it names a budget, not a user.
+        if crate::policy::limits::applies(a.own_limits(), shared.config.limits.as_ref()) {
+            r.limit_key = a.limit_key().map(str::to_string);
+        }
     }
     r.destination = trace.destination.clone();
     r.connected = trace.connected;

@@ -58,6 +58,8 @@ pub struct Config {
     pub allowed_source_addresses: Option<Vec<ipnet::IpNet>>,
     /// Which protocols this port speaks; the client's first byte picks one.
     pub protocols: Protocols,
+    /// `limits`: defaults for every identity (an AuthInfo's own replace them).
+    pub limits: Option<Arc<crate::policy::limits::LimitsSpec>>,
     /// `udp = true` and its settings; `None`: UDP ASSOCIATE is refused (0x07).
     pub udp: Option<crate::server::udp::UdpListenerConfig>,
     /// `proxy_protocol = { from = {...} }`: balancers that send a PROXY header.
@@ -125,6 +127,7 @@ impl Config {
             auth_failure_delay: Some(crate::policy::auth_cache::DelayConfig::default()),
             permissions: Arc::new(crate::policy::permissions::Permissions::private_destinations()),
             allowed_source_addresses: None,
+            limits: None,
             proxy_protocol: None,
             send_proxy: None,
             sockopts_inherited: false,

@@ -214,7 +214,11 @@ async fn dial_only(
     let bound = remote
         .local_addr()
         .map_err(|e| SessionError::Io("reading bound address", e))?;
-    let destination = remote.peer_addr().ok();
+    // Only a PROXY header names it: no getpeername(2) per session otherwise.
+    let destination = match plan.send_proxy {
+        Some(_) => remote.peer_addr().ok(),
+        None => None,
+    };
     Ok((
         Dialed {
             stream: EgressStream::Plain(remote),

@@ -15,6 +15,8 @@ pub enum SessionError {
     Refused(String),
     /// Refused by permissions or the request policy: reply 0x02.
     Denied(String),
+    /// Refused by the identity's `limits`: reply 0x02 / HTTP 429.
+    Limited(String),
     Connect {
         target: String,
         code: u8,
@@ -45,6 +47,7 @@ impl fmt::Display for SessionError {
             SessionError::Auth(why) => write!(f, "authentication failed: {why}"),
             SessionError::Refused(why) => write!(f, "request refused: {why}"),
             SessionError::Denied(why) => write!(f, "request denied: {why}"),
+            SessionError::Limited(why) => write!(f, "refused by limits: {why}"),
             SessionError::Connect {
                 target,
                 code,

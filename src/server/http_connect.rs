@@ -74,11 +74,11 @@ async fn authenticate(
             let pw = password.clone();
             let errored = AtomicBool::new(false);
             let errored_ref = &errored;
-            let (u, n) = (user.clone(), name.clone());
+            let u = user.clone();
             let ask = move || async move {
                 match validate_basic(&shared.pump, u, password, meta, cfg.timeout).await {
-                    Some(Ok(true)) => Ok(AuthInfo::single(n, CONTEXT_HTTP_BASIC)),
-                    Some(Ok(false)) => Err(Denial::decided("rejected by handler")),
+                    Some(Ok(Some(info))) => Ok(info),
+                    Some(Ok(None)) => Err(Denial::decided("rejected by handler")),
                     Some(Err(e)) => {
                         errored_ref.store(true, Ordering::Relaxed);
                         Err(Denial::failed(e))
@@ -274,6 +274,28 @@ pub async fn handle(
                 });
             }
         };
+    // Limits, once the request is allowed and before dialling: 429 + Retry-After.
+    let limits = match Box::pin(crate::policy::limits::admit_session(
+        auth.own_limits(),
+        auth.limit_key(),
+        shared.config.limits.as_ref(),
+        meta.peer.0.ip(),
+    ))
+    .await
+    {
+        Ok(l) => l,
+        Err((key, r)) => {
+            let retry = r.retry_after_secs().to_string();
+            let resp = response(
+                429,
+                "Too Many Requests",
+                &[("Retry-After", &retry)],
+                "too many requests\n",
+            );
+            refuse(&mut io, t, &resp).await?;
+            return Err(SessionError::Limited(r.describe(&key)));
+        }
+    };
     let remote = match crate::server::dial::dial(&plan, None, shared).await {
         Ok(d) => {
             trace.connected(
@@ -297,7 +319,15 @@ pub async fn handle(
     // Bytes the client sent behind the head (e.g. a TLS ClientHello) go first.
     let early = &buf[n..];
     let relay = |bytes: Arc<crate::server::sessions::Bytes>| async move {
-        crate::server::relay::relay_any(io, remote, early, shared, &bytes).await
+        match limits {
+            None => crate::server::relay::relay_any(io, remote, early, shared, &bytes).await,
+            Some(l) => {
+                Box::pin(crate::server::relay_limited::relay_any_limited(
+                    io, remote, early, shared, &bytes, l,
+                ))
+                .await
+            }
+        }
     };
     crate::server::accounting::relay_listed(shared, &meta, trace, relay)
         .await

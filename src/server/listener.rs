@@ -206,10 +206,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let shared = gen;
                 // `slot` (per-IP count) is held by the task: released however it ends.
                 match &shared.config.service {
-                    Service::Socks5 => tokio::spawn(async move {
-                        let _slot = slot;
-                        crate::server::session::serve(stream, peer, shared).await
-                    }),
+                    Service::Socks5 => {
+                        // Boxed: tokio moves a task's future several times while
+                        // spawning it and rewrites its stage in place when it ends;
+                        // moving a pointer instead of the session's ~2 KiB state
+                        // costs less than the allocation (docs/benchmarks.md,
+                        // "Connection setup profile").
+                        let session = Box::pin(crate::server::session::serve(stream, peer, shared));
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            session.await
+                        })
+                    }
                     Service::Forward { source, to } => {
                         let (source, to) = (source.clone(), to.clone());
                         tokio::spawn(async move {

@@ -253,8 +253,44 @@ impl Collector for Snapshot {
             None,
             c.metric_type(),
         )?)?;
-        Ok(())
+        limit_metrics(&mut enc)
     }
+}
+
+/// Per-identity limits: refusals by kind only (a label per key would be unbounded).
+fn limit_metrics(enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let limiter = &crate::policy::limits::limiter();
+    let mut m = enc.encode_descriptor(
+        "limit_refusals",
+        "Sessions refused by limits, by kind",
+        None,
+        MetricType::Counter,
+    )?;
+    for (kind, v) in limiter.counters.snapshot() {
+        ConstCounter::new(v).encode(m.encode_family(&[("kind", kind)])?)?;
+    }
+    for (name, help, v) in [
+        (
+            "limit_quota_cuts",
+            "Sessions closed because their quota ran out",
+            limiter.counters.quota_cuts.load(Relaxed),
+        ),
+        (
+            "limit_admitted_unchecked",
+            "Sessions admitted without fleet checks while Redis failed (on_error = allow)",
+            limiter.counters.admitted_unchecked.load(Relaxed),
+        ),
+        (
+            "limit_redis_errors",
+            "Failed Redis calls of fleet limits",
+            limiter.redis_errors(),
+        ),
+    ] {
+        let c = ConstCounter::new(v);
+        c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+    }
+    Ok(())
 }
 
 /// The process figures of [`process::read`], under the standard names.
@@ -384,6 +420,14 @@ mod tests {
             text.contains(
                 "kumoproxy_lua_event_duration_seconds_count{event=\"http_server_validate_auth_basic\"} 1\n"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("kumoproxy_limit_refusals_total{kind=\"max_sessions\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kumoproxy_limit_redis_errors_total 0\n"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");

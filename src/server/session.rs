@@ -22,18 +22,30 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     // time includes the PROXY header and TLS handshake.
     let mut trace = Trace::new("socks5");
     // `proxy_protocol`: from a balancer, the client is whom its header names.
-    // Boxed: only the header read needs this state.
+    // Boxed: only the header read needs this state, and only connections that
+    // must send a header pay for the allocation.
+    // One expression, not a variable: a moved-from local would keep its
+    // bytes in the session's future for the whole session.
     let Some(crate::server::proxy_accept::Accepted {
         peer,
         proxy_peer,
         tlvs: proxy_tlvs,
         slot: _slot,
-    }) = Box::pin(crate::server::proxy_accept::accept(
-        &mut stream,
-        peer,
-        &shared,
-    ))
-    .await
+    }) = (if crate::server::proxy_accept::expects(&shared, peer) {
+        Box::pin(crate::server::proxy_accept::accept(
+            &mut stream,
+            peer,
+            &shared,
+        ))
+        .await
+    } else {
+        Some(crate::server::proxy_accept::Accepted {
+            peer,
+            proxy_peer: None,
+            tlvs: None,
+            slot: None,
+        })
+    })
     else {
         return;
     };
@@ -115,6 +127,13 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
                 Stats::inc(&stats.denied);
             }
             match e {
+                // A quota cut is a decision worth a warning, not a routine reset.
+                SessionError::Relay(ref e)
+                    if e.get_ref()
+                        .is_some_and(|c| c.is::<crate::policy::limits::Cut>()) =>
+                {
+                    tracing::warn!("session from {peer} ended: {e}")
+                }
                 // Client resets mid-transfer are routine; keep them out of warn.
                 SessionError::Relay(_) | SessionError::ClientClosed(_) => {
                     tracing::info!("session from {peer} failed: {e}")

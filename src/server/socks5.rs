@@ -185,6 +185,21 @@ pub(crate) async fn handle(
                         Ok(p) => p,
                         Err(r) => return Err(refuse(&mut conn, r, &req.target).await),
                     };
+                if crate::policy::limits::applies(auth.own_limits(), shared.config.limits.as_ref())
+                {
+                    // Boxed: admission and a limited relay would otherwise size
+                    // every session's future, limited or not.
+                    return Box::pin(connect_limited(
+                        conn,
+                        plan,
+                        bound.take(),
+                        &auth,
+                        meta,
+                        shared,
+                        trace,
+                    ))
+                    .await;
+                }
                 let dialed = match dial(&plan, bound.take(), shared).await {
                     Ok(d) => d,
                     Err(e) => {
@@ -322,6 +337,77 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             trusted,
             cert_name.as_deref().unwrap_or("none")
         ))),
+    }
+}
+
+/// CONNECT for a session whose identity has limits: admission (reply 0x02 when
+/// refused, before anything is dialled), then the same dial and replies as an
+/// unlimited session, then the limited relay, which owns the admission.
+async fn connect_limited(
+    mut conn: Framed<ClientStream>,
+    plan: policy::Plan,
+    bound: Option<TcpSocket>,
+    auth: &crate::policy::identity::AuthInfo,
+    meta: &Arc<ConnMeta>,
+    shared: &Shared,
+    trace: &mut crate::server::accounting::Trace,
+) -> Result<(), SessionError> {
+    let limits = match crate::policy::limits::admit_session(
+        auth.own_limits(),
+        auth.limit_key(),
+        shared.config.limits.as_ref(),
+        meta.peer.0.ip(),
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err((key, r)) => return Err(refuse_limited(&mut conn, r.describe(&key)).await),
+    };
+    let dialed = match dial(&plan, bound, shared).await {
+        Ok(d) => d,
+        Err(e) => {
+            if let SessionError::Connect { code, .. } = &e {
+                conn.reply(&Reply::failure(*code)).await?;
+            }
+            return Err(e);
+        }
+    };
+    trace.connected(
+        dialed.stream.tcp(),
+        plan.egress.as_ref().map(|e| e.name.as_str()),
+    );
+    conn.reply(&Reply::success(dialed.bound)).await?;
+    tracing::debug!(
+        "session from {}: connected to {} from {} (with limits)",
+        meta.peer,
+        plan.target,
+        dialed.bound
+    );
+    let Framed { io, mut buf, .. } = conn;
+    buf.shrink_to_fit();
+    let stream = dialed.stream;
+    let relay = |bytes: Arc<crate::server::sessions::Bytes>| async move {
+        match limits {
+            Some(l) => {
+                crate::server::relay_limited::relay_any_limited(io, stream, &buf, shared, &bytes, l)
+                    .await
+            }
+            None => crate::server::relay::relay_any(io, stream, &buf, shared, &bytes).await,
+        }
+    };
+    crate::server::accounting::relay_listed(shared, meta, trace, relay)
+        .await
+        .map_err(SessionError::Relay)
+}
+
+/// Reply 0x02 for a session refused by its limits; the error carries why.
+async fn refuse_limited<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Framed<S>,
+    why: String,
+) -> SessionError {
+    match conn.reply(&Reply::failure(reply::NOT_ALLOWED)).await {
+        Ok(()) => SessionError::Limited(why),
+        Err(e) => e,
     }
 }
 

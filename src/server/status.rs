@@ -281,20 +281,16 @@ async fn authorize(
             );
             let cached = shared.cache.as_ref().and_then(|c| c.get(&key));
             let verdict = match cached {
-                Some(Ok(_)) => Some(Ok(true)),
-                Some(Err(_)) => Some(Ok(false)),
+                Some(Ok(info)) => Some(Ok(Some(info))),
+                Some(Err(_)) => Some(Ok(None)),
                 None => {
                     let t = shared.config.timeout;
                     let v = validate_basic(&shared.pump, user.clone(), password, meta, t).await;
                     // Decisions are cached; handler errors (500) are not.
                     if let (Some(c), Some(Ok(ok))) = (&shared.cache, &v) {
-                        let entry = if *ok {
-                            Ok(crate::policy::identity::AuthInfo::single(
-                                name.clone(),
-                                crate::policy::identity::CONTEXT_HTTP_BASIC,
-                            ))
-                        } else {
-                            Err("rejected by handler".to_string())
+                        let entry = match ok {
+                            Some(info) => Ok(info.clone()),
+                            None => Err("rejected by handler".to_string()),
                         };
                         c.put(&key, entry);
                     }
@@ -302,8 +298,8 @@ async fn authorize(
                 }
             };
             match verdict {
-                Some(Ok(true)) => return Ok(name),
-                Some(Ok(false)) => {
+                Some(Ok(Some(_))) => return Ok(name),
+                Some(Ok(None)) => {
                     tracing::warn!(
                         "status listener: request from {peer}: user '{shown}' rejected by handler"
                     );
@@ -352,7 +348,7 @@ async fn respond(
     );
     if !matches!(
         path,
-        "/metrics" | "/proxy/status" | "/proxy/listeners" | "/proxy/sessions"
+        "/metrics" | "/proxy/status" | "/proxy/listeners" | "/proxy/sessions" | "/proxy/limits"
     ) {
         return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
     }
@@ -363,6 +359,9 @@ async fn respond(
         return Ok(r);
     }
     let listeners = crate::server::listener::live();
+    if path == "/proxy/limits" {
+        return Ok(limits_json(req.uri().query(), listeners).await);
+    }
     Ok(match path {
         "/metrics" => {
             use crate::server::metrics;
@@ -455,4 +454,59 @@ fn sessions_json(listeners: &[Arc<crate::server::config::Shared>]) -> serde_json
         }
     }
     serde_json::Value::Array(out)
+}
+
+/// `GET /proxy/limits?key=K[&listener=ADDR]`: `listener:limit_stats(K)` as JSON,
+/// for the given proxy listener or the first one that has `limits`.
+async fn limits_json(
+    query: Option<&str>,
+    listeners: Vec<Arc<crate::server::config::Shared>>,
+) -> Resp {
+    let mut key = None;
+    let mut addr = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "key" => key = Some(v.into_owned()),
+            "listener" => addr = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "error": "give ?key=<limit key>" }),
+        );
+    };
+    let Some((l, spec)) = listeners.iter().find_map(|l| {
+        let spec = l.config.limits.clone()?;
+        match &addr {
+            Some(a) if *a != l.local_addr.to_string() => None,
+            _ => Some((l, spec)),
+        }
+    }) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": "no proxy listener with limits" }),
+        );
+    };
+    match crate::policy::limits::limiter().stats(&key, &spec).await {
+        Ok(s) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "key": key,
+                "listener": l.local_addr.to_string(),
+                "scope": spec.scope.as_str(),
+                "sessions": s.sessions,
+                "connect_refused": s.connect_refused,
+                "bytes_up": s.bytes_up,
+                "bytes_down": s.bytes_down,
+                "quota_used": s.quota_used,
+                "quota_remaining": s.quota_remaining,
+            }),
+        ),
+        Err(e) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": e }),
+        ),
+    }
 }
