@@ -110,6 +110,14 @@ async fn check_destination(
     ctx: &RequestContext<'_>,
 ) -> Result<Vec<SocketAddr>, Refusal> {
     let layers = layers(ctx, auth);
+    // Port 0 is no destination (connect(2) refuses it, an upstream proxy might
+    // not): refused before any lookup or dial, like HTTP CONNECT's 400.
+    if target.port() == 0 {
+        return Err(Refusal::denied(format!(
+            "{}: port 0 is not a destination",
+            crate::proto::text::client(&target.host())
+        )));
+    }
     if let TargetAddr::Ip(a) = target {
         // An address is checked as one, without a round trip through text
         // (that cost every session a format and two parses).
@@ -117,14 +125,6 @@ async fn check_destination(
         return Ok(vec![*a]);
     }
     let (host, port) = (target.host(), target.port());
-    // Port 0 is no destination (connect(2) refuses it, an upstream proxy might
-    // not): refused before any lookup or dial, like HTTP CONNECT's 400.
-    if port == 0 {
-        return Err(Refusal::denied(format!(
-            "{}: port 0 is not a destination",
-            crate::proto::text::client(&host)
-        )));
-    }
     if let Some(why) = permissions::denies_name(&layers, &host, port) {
         return Err(Refusal::denied(why));
     }

@@ -68,7 +68,6 @@ async fn authenticate(
             // The shared credential path: failure delay, auth cache, then auth_http
             // or the Lua event. A user without a password (no colon) is its own
             // cache key; Lua sees nil, auth_http an empty password.
-            let name = String::from_utf8_lossy(&user).into_owned();
             // `name` is the identity; log lines get it escaped.
             let shown = crate::proto::text::client(&user).to_string();
             let pw = password.clone();
