@@ -9,8 +9,9 @@
 # (http_connect.rs: request head, CONNECT target, Basic credentials), session
 # (a whole server session over an in-memory stream), udp_header
 # (proto/socks5_udp.rs: the UDP ASSOCIATE datagram header), proxy_header
-# (proto/proxy_header.rs: PROXY protocol v1/v2 parse and builders), and
-# proxy_session (a whole session behind proxy_protocol, over loopback TCP). Inputs
+# (proto/proxy_header.rs: PROXY protocol v1/v2 parse and builders),
+# proxy_session (a whole session behind proxy_protocol, over loopback TCP) and
+# client_text (the log escaping of client bytes, proto/text.rs). Inputs
 # start from the committed corpus fuzz/corpus/TARGET; new inputs go to fuzz/work/TARGET and
 # crashes to fuzz/artifacts/TARGET/ (both ignored by git).
 #
@@ -38,7 +39,7 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     mode=(-max_total_time="$1")
     shift
 fi
-all_targets="greeting userpass request reply http_head session udp_header proxy_header proxy_session"
+all_targets="greeting userpass request reply http_head session udp_header proxy_header proxy_session client_text"
 targets=${*:-$all_targets}
 
 triple=$(rustc -vV | sed -n 's/^host: //p')

@@ -7,6 +7,7 @@ kumoproxy sends: {"username", "password", "peer_address", "local_address"}.
   POST /check      users below: right password -> 200 with the user's reply
                    body; anything else -> 401
   POST /empty      200, empty body
+  POST /wide       200 '{"cache_scope": "credentials"}' (any credentials)
   POST /deny       401
   POST /redirect   302 to /yes (which would say yes: must not be followed)
   POST /yes        200 '{}'
@@ -90,6 +91,8 @@ def make_handler(args):
                     self.send(200, u[1])
                 else:
                     self.send(401, "no")
+            elif p == "/wide":
+                self.send(200, '{"cache_scope": "credentials"}')
             elif p == "/empty" or p == "/yes":
                 self.send(200, "" if p == "/empty" else "{}")
             elif p == "/deny":

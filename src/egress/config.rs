@@ -28,7 +28,7 @@ impl EgressSource {
         let Some(server) = s.proxy_server else {
             // Every proxy-only option is a mistake without a proxy: refuse it rather
             // than connect directly and ignore the credentials or TLS the user wanted.
-            let proxy_only: [(&'static str, bool); 7] = [
+            let proxy_only: [(&'static str, bool); 8] = [
                 (
                     "socks5_proxy_source_address",
                     s.proxy_source_address.is_some(),
@@ -39,6 +39,7 @@ impl EgressSource {
                 ("socks5_proxy_tls_ca", s.tls_ca.is_some()),
                 ("socks5_proxy_tls_insecure", s.tls_insecure.is_some()),
                 ("socks5_proxy_tls_server_name", s.tls_server_name.is_some()),
+                ("socks5_proxy_remote_dns", s.remote_dns.is_some()),
             ];
             if let Some((key, _)) = proxy_only.iter().find(|(_, set)| *set) {
                 return Err(bad(key, "requires socks5_proxy_server"));
@@ -123,6 +124,7 @@ impl EgressSource {
                 source_address: s.proxy_source_address,
                 credentials,
                 tls,
+                remote_dns: s.remote_dns.unwrap_or(false),
             }),
             ha_proxy: None,
             connect_timeout,

@@ -27,6 +27,9 @@ pub struct Settings {
     pub connect_timeout: Option<Duration>,
     pub ha_proxy_server: Option<String>,
     pub ha_proxy_source_address: Option<IpAddr>,
+    /// `socks5_proxy_remote_dns`: send client-requested names to the proxy
+    /// unresolved (opt-in; see `Proxy::remote_dns`).
+    pub remote_dns: Option<bool>,
 }
 
 /// A setting that can never work; `key` is the parameter to blame.
@@ -62,6 +65,11 @@ pub struct Proxy {
     pub source_address: Option<IpAddr>,
     pub credentials: Option<UserPass>,
     pub tls: Option<ProxyTls>,
+    /// Names a client asked for go to the proxy unresolved, so the proxy's
+    /// resolver decides where they lead: only name rules can be checked. Off
+    /// by default: the name is resolved here, every address checked, and the
+    /// checked address is what the proxy is asked to connect to.
+    pub remote_dns: bool,
 }
 
 pub struct ProxyTls {
@@ -90,6 +98,7 @@ impl fmt::Debug for Proxy {
             .field("source_address", &self.source_address)
             .field("credentials", &self.credentials)
             .field("tls", &self.tls)
+            .field("remote_dns", &self.remote_dns)
             .finish()
     }
 }

@@ -107,7 +107,7 @@ pub async fn resolve(
             .map_err(|e| {
                 (
                     reply::HOST_UNREACHABLE,
-                    format!("cannot resolve {host}: {e}"),
+                    format!("cannot resolve {}: {e}", crate::proto::text::client(host)),
                 )
             })?
             .collect(),

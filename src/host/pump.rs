@@ -172,6 +172,13 @@ impl<E: PendingEvent> Pump<E> {
         std::mem::take(&mut *self.queue.lock().unwrap())
     }
 
+    /// The oldest queued event. The host dispatches one at a time with this (not
+    /// `drain`), so events it has not reached yet stay in the queue, where a
+    /// nested `run_until`/`poll`/`run_command` inside a handler finds them.
+    pub fn pop(&self) -> Option<E> {
+        self.queue.lock().unwrap().pop_front()
+    }
+
     /// Sleep until the eventfd is readable, a signal arrives, or `timeout` passes.
     pub fn wait(&self, timeout: Option<Duration>) {
         let ms: libc::c_int = match timeout {

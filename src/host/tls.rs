@@ -223,6 +223,9 @@ impl TlsServer {
 pub struct ClientIdentity {
     pub common_name: Option<String>,
     pub sans: Vec<String>,
+    /// SHA-256 of the certificate (DER): the auth cache keys verdicts on the
+    /// certificate itself, not on names two certificates could share.
+    pub fingerprint: [u8; 32],
 }
 
 impl ClientIdentity {
@@ -254,7 +257,13 @@ pub fn client_identity(der: &CertificateDer<'_>) -> Option<ClientIdentity> {
             }
         }
     }
-    Some(ClientIdentity { common_name, sans })
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, der.as_ref()).as_ref());
+    Some(ClientIdentity {
+        common_name,
+        sans,
+        fingerprint,
+    })
 }
 
 #[cfg(test)]

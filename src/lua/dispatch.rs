@@ -25,17 +25,54 @@ pub fn handlers(lua: &Lua) -> mlua::Result<Table> {
     }
 }
 
-/// Answer every queued event; returns how many handlers ran.
+thread_local! {
+    /// How many handlers are running on this thread (nested pumps included).
+    static IN_HANDLER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// True while a handler runs on this thread: `run()` refuses to start there.
+pub fn in_handler() -> bool {
+    IN_HANDLER.with(|d| d.get() > 0)
+}
+
+struct HandlerScope;
+
+impl HandlerScope {
+    fn enter() -> Self {
+        IN_HANDLER.with(|d| d.set(d.get() + 1));
+        HandlerScope
+    }
+}
+
+impl Drop for HandlerScope {
+    fn drop(&mut self) {
+        IN_HANDLER.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Answer the events queued now (not those queued meanwhile: a steady stream
+/// must not keep the caller from its deadline); returns how many handlers ran.
+/// Events are taken one at a time, each just before its handler runs: the ones
+/// not reached yet stay queued, so a handler that pumps (`run_until`, `poll`,
+/// `run_command`) dispatches them instead of waiting on them.
 pub fn dispatch_pending(lua: &Lua, pump: &Pump) -> mlua::Result<usize> {
+    // Reset first: an event queued after this makes the fd readable again.
+    pump.reset_wake();
+    let mut budget = pump.pending();
     let mut n = 0;
-    for ev in pump.drain() {
+    while budget > 0 {
+        let Some(ev) = pump.pop() else { break };
+        budget -= 1;
         if ev.is_abandoned() {
             continue;
         }
         n += 1;
         let name = ev.name();
         let started = std::time::Instant::now();
-        let outcome = handler(lua, name).and_then(|f| f.call(event_args(lua, &ev)?));
+        let outcome = {
+            let _scope = HandlerScope::enter();
+            handler(lua, name).and_then(|f| f.call(event_args(lua, &ev)?))
+        };
         pump.event_latency.observe(name, started.elapsed());
         answer(lua, ev, outcome);
     }
@@ -139,7 +176,7 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
                 Err(e) => {
                     tracing::error!(
                         "{name} handler failed (denying user '{}'): {}",
-                        crate::host::logging::printable(&user),
+                        crate::proto::text::client(&username),
                         flat(&e)
                     );
                     Err(format!("{name} handler raised an error"))
@@ -154,7 +191,7 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
         }
         Event::HttpAuthBasic { user, reply, .. } => {
             // For log lines only: escape what a client could forge lines with.
-            let who = crate::host::logging::printable(&String::from_utf8_lossy(&user)).into_owned();
+            let who = crate::proto::text::client(&user);
             // Seed semantics: true/false decide; anything else is a handler bug
             // and fails closed with a 500, never a pass.
             let verdict = match outcome {
@@ -196,7 +233,12 @@ pub fn answer(lua: &Lua, ev: Event, outcome: mlua::Result<Value>) {
             let _ = reply.send(verdict);
         }
         Event::Request { request, reply, .. } => {
-            let what = format!("{} {}:{}", request.command, request.host, request.port);
+            let what = format!(
+                "{} {}:{}",
+                request.command,
+                crate::proto::text::client(&request.host),
+                request.port
+            );
             let verdict = match outcome {
                 Ok(ret) => request_verdict(lua, ret),
                 Err(e) => {
@@ -401,11 +443,11 @@ pub fn auth_info_from_table(t: &Table) -> Result<AuthInfo, String> {
     for (k, _) in t.pairs::<String, Value>().flatten() {
         if !matches!(
             k.as_str(),
-            "identities" | "groups" | "permissions" | "limits" | "limit_key"
+            "identities" | "groups" | "permissions" | "cache_scope" | "limits" | "limit_key"
         ) {
             return Err(format!(
-                "unknown key '{}' (known: identities, groups, permissions, limits, limit_key)",
-                crate::proto::text::printable(&k)
+                "unknown key '{}' (known: identities, groups, permissions, cache_scope, limits, limit_key)",
+                crate::proto::text::client(&k)
             ));
         }
     }
@@ -452,6 +494,13 @@ pub fn auth_info_from_table(t: &Table) -> Result<AuthInfo, String> {
             }
         }
         _ => return Err("groups must be a list of strings".into()),
+    }
+    match t.get::<Value>("cache_scope").map_err(|e| e.to_string())? {
+        Value::Nil => {}
+        Value::String(s) => {
+            info.cache_scope = crate::policy::identity::CacheScope::parse(&s.to_string_lossy())?
+        }
+        _ => return Err("cache_scope must be 'connection' or 'credentials'".into()),
     }
     let perms = t.get::<Value>("permissions").map_err(|e| e.to_string())?;
     if !perms.is_nil() {

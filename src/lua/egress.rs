@@ -53,6 +53,7 @@ fn make_egress_source(v: Value) -> mlua::Result<LuaEgressSource> {
         },
         ha_proxy_server: p.string("ha_proxy_server")?,
         ha_proxy_source_address: p.ip("ha_proxy_source_address")?,
+        remote_dns: opt_bool(&mut p, "socks5_proxy_remote_dns")?,
     };
     p.finish()?;
     let source = EgressSource::new(s).map_err(|e| err(format!("{CTX}: {}: {}", e.key, e.msg)))?;

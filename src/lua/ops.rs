@@ -49,10 +49,10 @@ pub fn close(shared: &Shared, f: &Filter) -> usize {
 fn describe(f: &Filter) -> String {
     let mut v = Vec::new();
     if let Some(s) = &f.identity {
-        v.push(format!("identity={}", crate::host::logging::printable(s)));
+        v.push(format!("identity={}", crate::proto::text::client(s)));
     }
     if let Some(s) = &f.group {
-        v.push(format!("group={}", crate::host::logging::printable(s)));
+        v.push(format!("group={}", crate::proto::text::client(s)));
     }
     if let Some(p) = &f.peer {
         v.push(match p {
@@ -61,10 +61,7 @@ fn describe(f: &Filter) -> String {
         });
     }
     if let Some(s) = &f.destination {
-        v.push(format!(
-            "destination={}",
-            crate::host::logging::printable(s)
-        ));
+        v.push(format!("destination={}", crate::proto::text::client(s)));
     }
     if v.is_empty() {
         "all".into()

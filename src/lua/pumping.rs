@@ -48,6 +48,13 @@ pub(crate) fn poll(lua: &Lua, timeout: Value) -> mlua::Result<usize> {
 /// `kumoproxy.run{ grace = '5 seconds' }`: serve until stop() or SIGINT/SIGTERM;
 /// SIGHUP calls the `reload` handler, SIGUSR1 reopens the access logs.
 pub(crate) fn run(lua: &Lua, opts: Value) -> mlua::Result<()> {
+    // Inside a handler, run() would serve until a signal while the session that
+    // asked waits for an answer: refuse, and say what to use instead.
+    if crate::lua::dispatch::in_handler() {
+        return Err(err(
+            "kumoproxy.run: called from inside an event handler; run() is the host's main loop. Use kumoproxy.run_until, poll or run_command to wait inside a handler",
+        ));
+    }
     let grace = if opts.is_nil() {
         DEFAULT_GRACE
     } else {
@@ -124,6 +131,14 @@ fn shutdown(lua: &Lua, _process: &Process, grace: Duration, why: &str) -> mlua::
     }
     for l in &listeners {
         l.abort.cancel();
+    }
+    // Cut sessions log their line and count themselves as failed on the
+    // runtime threads: wait for that (they only have to notice the
+    // cancellation), so stats() right after run() is final and no line is lost
+    // if the process exits next. Bounded: a task stuck elsewhere cannot hang run().
+    let settle = Instant::now() + Duration::from_secs(2);
+    while active() > 0 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(1));
     }
     // Every session writes its access log line as it ends, cut ones too: when
     // there is an access log, let them end (briefly) and the writers catch up,

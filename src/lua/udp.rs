@@ -236,7 +236,7 @@ pub fn udp_associate(
                     "family",
                     format!(
                         "expected 'inet' or 'inet6', got {:?}",
-                        crate::proto::text::printable(other)
+                        crate::proto::text::client(other)
                     ),
                 ))
             }

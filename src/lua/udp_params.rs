@@ -43,7 +43,7 @@ pub fn udp_params(p: &mut Params) -> mlua::Result<Option<UdpListenerConfig>> {
                 "udp_filter",
                 format!(
                     "unknown filter {:?} (use 'address-restricted' or 'endpoint-independent')",
-                    crate::proto::text::printable(other)
+                    crate::proto::text::client(other)
                 ),
             ))
         }

@@ -28,11 +28,12 @@ pub struct AuthState {
 /// The one credential check for every protocol: progressive delay for peers
 /// with recent failures, then the auth cache, then `auth_http` when the listener
 /// has it (Lua is not consulted), else `ask_lua` (the protocol's Lua event).
-/// `context` names where an `auth_http` identity came from. The error never
-/// contains the password.
+/// `context` names where an `auth_http` identity came from, and which event
+/// the cache key belongs to. `password` is `None` for HTTP Basic without a
+/// colon (distinct from an empty one). The error never contains the password.
 pub async fn check_credentials<F, Fut>(
     username: &[u8],
-    password: &[u8],
+    password: Option<&[u8]>,
     meta: &Arc<ConnMeta>,
     ctx: &AuthContext<'_>,
     context: &'static str,
@@ -45,20 +46,26 @@ where
     let state = ctx.state;
     let ip = meta.peer.0.ip();
     state.delay.wait(ip, ctx.timeout).await;
-    if let Some(hit) = state.cache.as_ref().and_then(|c| c.get(username, password)) {
+    // Made where used, not held across the awaits below: every byte kept
+    // across an await grows each session's task.
+    let key = || crate::policy::auth_cache::CacheKey::new(context, meta, username, password);
+    if let Some(hit) = state.cache.as_ref().and_then(|c| c.get(&key())) {
         if hit.is_err() {
             state.delay.record_failure(ip);
         }
         return hit.map_err(|why| format!("{why} (cached)"));
     }
     let verdict = match ctx.auth_http {
-        Some(http) => http.check(username, password, meta, context).await,
+        Some(http) => {
+            let pw = password.unwrap_or_default();
+            http.check(username, pw, meta, context).await
+        }
         None => ask_lua().await,
     };
     if let Some(cache) = &state.cache {
         match &verdict {
-            Ok(info) => cache.put(username, password, Ok(info.clone())),
-            Err(d) if d.cacheable => cache.put(username, password, Err(d.reason.clone())),
+            Ok(info) => cache.put(&key(), Ok(info.clone())),
+            Err(d) if d.cacheable => cache.put(&key(), Err(d.reason.clone())),
             Err(_) => {}
         }
     }
@@ -81,7 +88,8 @@ pub async fn check_rfc1929(
     ctx: &AuthContext<'_>,
 ) -> Result<AuthInfo, String> {
     let (u, p) = (username.clone(), password.clone());
-    check_credentials(&u, &p, meta, ctx, CONTEXT_RFC1929, || {
+    // The caller boxes this future (server::socks5): it runs once per session.
+    check_credentials(&u, Some(&p), meta, ctx, CONTEXT_RFC1929, || {
         ask_rfc1929(username, password, meta, ctx)
     })
     .await
@@ -193,9 +201,14 @@ mod tests {
             let m = m.clone();
             let shared = &shared;
             async move {
-                check_credentials(b"u", b"p", &m, &shared.ctx(), CONTEXT_RFC1929, || async {
-                    Err(d)
-                })
+                check_credentials(
+                    b"u",
+                    Some(b"p"),
+                    &m,
+                    &shared.ctx(),
+                    CONTEXT_RFC1929,
+                    || async { Err(d) },
+                )
                 .await
             }
         };

@@ -2,13 +2,15 @@
 //! for peers that keep failing.
 //!
 //! The cache never holds a password: entries are keyed by username and an
-//! HMAC-SHA256 of (username, password) under a random per-process key, and
-//! digests are compared in constant time. A changed password is a miss.
+//! HMAC-SHA256 of everything the verdict may depend on ([`CacheKey`]: the event,
+//! the connection as the deciding party saw it, username and password) under a
+//! random per-process key, and digests are compared in constant time. A changed
+//! password, another peer IP, another certificate or another event is a miss.
 
-use crate::policy::identity::AuthInfo;
+use crate::policy::identity::{AuthInfo, CacheScope, ConnMeta};
 use ring::hmac;
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -31,8 +33,64 @@ impl Default for CacheConfig {
 }
 
 /// Entries kept per username: a few stale or wrong passwords must not evict
-/// the right one, and one user cannot fill the cache alone.
-const PER_USER: usize = 4;
+/// the right one, and one user cannot fill the cache alone. Entries are per
+/// connection origin too (peer IP, certificate), so a user has several.
+const PER_USER: usize = 16;
+
+/// What a verdict may depend on. The deciding party (a Lua handler, or the
+/// `auth_http` service) is shown the connection (`conn_meta`, or the JSON's
+/// addresses), so a verdict is reused only for a connection that shows the
+/// same: the same event, peer IP (not port), local address and client
+/// certificate, username and password. A verdict whose AuthInfo says
+/// `cache_scope = 'credentials'` is reused for the same event, username and
+/// password from any connection.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheKey<'a> {
+    /// The event (front-end) that decided: a SOCKS5 login and an HTTP Basic
+    /// login are different questions, asked of different handlers.
+    pub event: &'a str,
+    pub peer_ip: IpAddr,
+    pub local: SocketAddr,
+    /// SHA-256 of the client certificate, when one was presented.
+    pub tls_client: Option<&'a [u8; 32]>,
+    /// Through a load balancer (`proxy_protocol`): SHA-256 of the balancer's
+    /// IP and the PROXY v2 TLVs, which handlers see too.
+    pub via: Option<[u8; 32]>,
+    pub username: &'a [u8],
+    /// `None` (HTTP Basic without a colon) is not `Some(b"")`: handlers see
+    /// `nil` and `""` and may decide differently.
+    pub password: Option<&'a [u8]>,
+}
+
+impl<'a> CacheKey<'a> {
+    pub fn new(
+        event: &'a str,
+        meta: &'a ConnMeta,
+        username: &'a [u8],
+        password: Option<&'a [u8]>,
+    ) -> Self {
+        CacheKey {
+            event,
+            peer_ip: crate::policy::permissions::canonical(meta.peer.0.ip()),
+            local: meta.local.0,
+            tls_client: meta.tls_client.as_ref().map(|c| &c.fingerprint),
+            via: meta.proxy_peer.map(|b| {
+                let seen = format!(
+                    "{} {:?}",
+                    crate::policy::permissions::canonical(b.ip()),
+                    meta.proxy_tlvs
+                );
+                let mut out = [0u8; 32];
+                out.copy_from_slice(
+                    ring::digest::digest(&ring::digest::SHA256, seen.as_bytes()).as_ref(),
+                );
+                out
+            }),
+            username,
+            password,
+        }
+    }
+}
 
 type Cached = Result<AuthInfo, String>;
 
@@ -67,12 +125,42 @@ fn key() -> &'static hmac::Key {
     })
 }
 
-fn digest(username: &[u8], password: &[u8]) -> [u8; 32] {
+/// `wide`: the key of a `cache_scope = 'credentials'` verdict (event and
+/// credentials only). Every field is length-prefixed or tagged, so no two
+/// different keys feed the same bytes.
+fn digest(k: &CacheKey, wide: bool) -> [u8; 32] {
     let mut ctx = hmac::Context::with_key(key());
-    // Length-prefixed so ("ab","c") and ("a","bc") differ.
-    ctx.update(&(username.len() as u64).to_be_bytes());
-    ctx.update(username);
-    ctx.update(password);
+    let mut field = |b: &[u8]| {
+        ctx.update(&(b.len() as u64).to_be_bytes());
+        ctx.update(b);
+    };
+    field(&[wide as u8]);
+    field(k.event.as_bytes());
+    if !wide {
+        let ip = match crate::policy::permissions::canonical(k.peer_ip) {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        field(&ip);
+        field(k.local.to_string().as_bytes());
+        match k.tls_client {
+            Some(f) => field(f),
+            None => field(b"-"),
+        }
+        match &k.via {
+            Some(v) => field(v),
+            None => field(b"-"),
+        }
+    }
+    field(k.username);
+    match k.password {
+        // The tag byte keeps None and Some("") apart.
+        Some(p) => {
+            field(b"P");
+            field(p);
+        }
+        None => field(b"N"),
+    }
     let tag = ctx.sign();
     let mut out = [0u8; 32];
     out.copy_from_slice(tag.as_ref());
@@ -87,12 +175,18 @@ impl AuthCache {
         }
     }
 
-    pub fn get(&self, username: &[u8], password: &[u8]) -> Option<Cached> {
-        let d = digest(username, password);
+    /// The verdict for exactly this key, else one made for these credentials
+    /// with `cache_scope = 'credentials'`.
+    pub fn get(&self, key: &CacheKey) -> Option<Cached> {
+        self.get_digest(key.username, &digest(key, false))
+            .or_else(|| self.get_digest(key.username, &digest(key, true)))
+    }
+
+    fn get_digest(&self, username: &[u8], d: &[u8; 32]) -> Option<Cached> {
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap();
         let bucket = inner.by_user.get_mut(username)?;
-        let i = bucket.iter().position(|e| bool::from(e.digest.ct_eq(&d)))?;
+        let i = bucket.iter().position(|e| bool::from(e.digest.ct_eq(d)))?;
         if bucket[i].expires <= now {
             bucket.remove(i);
             if bucket.is_empty() {
@@ -104,7 +198,8 @@ impl AuthCache {
         Some(bucket[i].verdict.clone())
     }
 
-    pub fn put(&self, username: &[u8], password: &[u8], verdict: Cached) {
+    pub fn put(&self, key: &CacheKey, verdict: Cached) {
+        let username = key.username;
         let ttl = if verdict.is_ok() {
             self.cfg.ttl
         } else {
@@ -113,7 +208,9 @@ impl AuthCache {
         if ttl.is_zero() || self.cfg.max_entries == 0 {
             return;
         }
-        let d = digest(username, password);
+        // Only an acceptance can widen its own key; a refusal never does.
+        let wide = matches!(&verdict, Ok(i) if i.cache_scope == CacheScope::Credentials);
+        let d = digest(key, wide);
         let mut guard = self.inner.lock().unwrap();
         let inner = &mut *guard;
         inner.seq += 1;
@@ -280,6 +377,131 @@ mod tests {
     use super::*;
     use crate::policy::identity::CONTEXT_RFC1929;
 
+    fn meta() -> ConnMeta {
+        ConnMeta {
+            peer: crate::host::net::PeerAddr(([10, 0, 0, 1], 40000).into()),
+            local: crate::host::net::LocalAddr(([127, 0, 0, 1], 1080).into()),
+            tls_client: None,
+            http_auth: None,
+            proxy_peer: None,
+            proxy_tlvs: None,
+        }
+    }
+
+    fn k<'a>(user: &'a [u8], pw: &'a [u8]) -> CacheKey<'a> {
+        CacheKey {
+            event: CONTEXT_RFC1929,
+            peer_ip: [10, 0, 0, 1].into(),
+            local: ([127, 0, 0, 1], 1080).into(),
+            tls_client: None,
+            via: None,
+            username: user,
+            password: Some(pw),
+        }
+    }
+
+    #[test]
+    fn key_holds_what_the_decider_saw() {
+        let c = cache(100);
+        let m = meta();
+        let base = CacheKey::new(CONTEXT_RFC1929, &m, b"alice", Some(b"pw"));
+        c.put(&base, Ok(AuthInfo::single("alice", CONTEXT_RFC1929)));
+        assert!(c.get(&base).is_some());
+        // Another source port of the same IP: a hit.
+        let mut m2 = meta();
+        m2.peer = crate::host::net::PeerAddr(([10, 0, 0, 1], 50000).into());
+        assert!(c
+            .get(&CacheKey::new(CONTEXT_RFC1929, &m2, b"alice", Some(b"pw")))
+            .is_some());
+        // ::ffff:10.0.0.1 is 10.0.0.1.
+        m2.peer = crate::host::net::PeerAddr("[::ffff:10.0.0.1]:1".parse().unwrap());
+        assert!(c
+            .get(&CacheKey::new(CONTEXT_RFC1929, &m2, b"alice", Some(b"pw")))
+            .is_some());
+        let misses = [
+            CacheKey {
+                peer_ip: [10, 0, 0, 2].into(),
+                ..base
+            },
+            CacheKey {
+                local: ([127, 0, 0, 1], 1081).into(),
+                ..base
+            },
+            CacheKey {
+                tls_client: Some(&[7; 32]),
+                ..base
+            },
+            CacheKey {
+                via: Some([1; 32]),
+                ..base
+            },
+            CacheKey {
+                event: "HttpBasicAuth",
+                ..base
+            },
+            CacheKey {
+                password: None,
+                ..base
+            },
+            CacheKey {
+                password: Some(b""),
+                ..base
+            },
+        ];
+        for m in &misses {
+            assert!(c.get(m).is_none(), "{m:?}");
+        }
+        // nil and "" are two keys with two verdicts.
+        let none = CacheKey {
+            password: None,
+            ..base
+        };
+        let empty = CacheKey {
+            password: Some(b""),
+            ..base
+        };
+        c.put(&empty, Ok(AuthInfo::default()));
+        c.put(&none, Err("no".into()));
+        assert!(c.get(&empty).unwrap().is_ok());
+        assert!(c.get(&none).unwrap().is_err());
+    }
+
+    #[test]
+    fn credentials_scope_widens_acceptances_only() {
+        let c = cache(100);
+        let base = k(b"bob", b"pw");
+        let mut info = AuthInfo::single("bob", CONTEXT_RFC1929);
+        info.cache_scope = CacheScope::Credentials;
+        c.put(&base, Ok(info));
+        let elsewhere = CacheKey {
+            peer_ip: [10, 9, 9, 9].into(),
+            ..base
+        };
+        assert!(c.get(&elsewhere).unwrap().is_ok());
+        // Not for another event, nor other credentials.
+        assert!(c
+            .get(&CacheKey {
+                event: "HttpBasicAuth",
+                ..elsewhere
+            })
+            .is_none());
+        assert!(c
+            .get(&CacheKey {
+                password: Some(b"px"),
+                ..elsewhere
+            })
+            .is_none());
+        // A refusal stays with its connection.
+        let w = k(b"carol", b"pw");
+        c.put(&w, Err("no".into()));
+        assert!(c
+            .get(&CacheKey {
+                peer_ip: [10, 9, 9, 9].into(),
+                ..w
+            })
+            .is_none());
+    }
+
     fn cache(max: usize) -> AuthCache {
         AuthCache::new(CacheConfig {
             max_entries: max,
@@ -290,31 +512,32 @@ mod tests {
     #[test]
     fn hit_miss_and_changed_password() {
         let c = cache(10);
-        assert!(c.get(b"alice", b"pw").is_none());
+        assert!(c.get(&k(b"alice", b"pw")).is_none());
         c.put(
-            b"alice",
-            b"pw",
+            &k(b"alice", b"pw"),
             Ok(AuthInfo::single("alice", CONTEXT_RFC1929)),
         );
         assert_eq!(
-            c.get(b"alice", b"pw").unwrap().unwrap().identities[0].identity,
+            c.get(&k(b"alice", b"pw")).unwrap().unwrap().identities[0].identity,
             "alice"
         );
-        assert!(c.get(b"alice", b"pw2").is_none());
-        assert!(c.get(b"alicE", b"pw").is_none());
-        c.put(b"alice", b"bad", Err("no".into()));
-        assert_eq!(c.get(b"alice", b"bad").unwrap().unwrap_err(), "no");
+        assert!(c.get(&k(b"alice", b"pw2")).is_none());
+        assert!(c.get(&k(b"alicE", b"pw")).is_none());
+        c.put(&k(b"alice", b"bad"), Err("no".into()));
+        assert_eq!(c.get(&k(b"alice", b"bad")).unwrap().unwrap_err(), "no");
         // The wrong password did not evict the right one.
-        assert!(c.get(b"alice", b"pw").unwrap().is_ok());
+        assert!(c.get(&k(b"alice", b"pw")).unwrap().is_ok());
         assert_eq!(c.len(), 2);
         assert_eq!(c.flush(), 2);
-        assert!(c.get(b"alice", b"pw").is_none());
+        assert!(c.get(&k(b"alice", b"pw")).is_none());
     }
 
     #[test]
     fn digest_is_length_prefixed() {
-        assert_ne!(digest(b"ab", b"c"), digest(b"a", b"bc"));
-        assert_eq!(digest(b"a", b"bc"), digest(b"a", b"bc"));
+        let d = |u: &[u8], p: &[u8]| digest(&k(u, p), false);
+        assert_ne!(d(b"ab", b"c"), d(b"a", b"bc"));
+        assert_eq!(d(b"a", b"bc"), d(b"a", b"bc"));
+        assert_ne!(d(b"a", b"bc"), digest(&k(b"a", b"bc"), true));
     }
 
     #[test]
@@ -324,11 +547,11 @@ mod tests {
             negative_ttl: Duration::ZERO,
             max_entries: 10,
         });
-        c.put(b"u", b"p", Ok(AuthInfo::default()));
-        c.put(b"u", b"x", Err("no".into()));
+        c.put(&k(b"u", b"p"), Ok(AuthInfo::default()));
+        c.put(&k(b"u", b"x"), Err("no".into()));
         assert_eq!(c.len(), 1, "negative_ttl 0 caches no failures");
         std::thread::sleep(Duration::from_millis(5));
-        assert!(c.get(b"u", b"p").is_none());
+        assert!(c.get(&k(b"u", b"p")).is_none());
         assert_eq!(c.len(), 0);
     }
 
@@ -336,20 +559,20 @@ mod tests {
     fn bounded() {
         let c = cache(3);
         for i in 0..10u8 {
-            c.put(&[b'u', i], b"p", Ok(AuthInfo::default()));
+            c.put(&k(&[b'u', i], b"p"), Ok(AuthInfo::default()));
         }
         assert_eq!(c.len(), 3);
-        assert!(c.get(b"u\x09", b"p").is_some(), "newest kept");
-        assert!(c.get(b"u\x00", b"p").is_none(), "oldest evicted");
+        assert!(c.get(&k(b"u\x09", b"p")).is_some(), "newest kept");
+        assert!(c.get(&k(b"u\x00", b"p")).is_none(), "oldest evicted");
         // Per-user bound.
         let c = cache(100);
-        for i in 0..10u8 {
-            c.put(b"u", &[i], Err("no".into()));
+        for i in 0..40u8 {
+            c.put(&k(b"u", &[i]), Err("no".into()));
         }
         assert_eq!(c.len(), PER_USER);
         // Refreshing one key many times keeps the order queue bounded.
         for _ in 0..1000 {
-            c.put(b"v", b"p", Ok(AuthInfo::default()));
+            c.put(&k(b"v", b"p"), Ok(AuthInfo::default()));
         }
         assert!(c.inner.lock().unwrap().order.len() <= 2 * 100 + 64 + 1);
         assert_eq!(c.len(), PER_USER + 1);

@@ -253,6 +253,13 @@ pub fn parse_reply(body: &[u8], username: &str, context: &str) -> Result<AuthInf
     if let Some(g) = obj.get("groups") {
         info.groups = strings(g).ok_or("groups must be a list of strings")?;
     }
+    match obj.get("cache_scope") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(s)) => {
+            info.cache_scope = crate::policy::identity::CacheScope::parse(s)?
+        }
+        Some(_) => return Err("cache_scope must be \"connection\" or \"credentials\"".into()),
+    }
     if let Some(p) = obj.get("permissions") {
         let p = p
             .as_object()

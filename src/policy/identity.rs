@@ -25,6 +25,8 @@ pub struct AuthInfo {
     /// The user's own `limits` and `limit_key`, when given. One pointer: every
     /// session's handshake future holds AuthInfo values, and most have neither.
     pub limits: Option<Arc<UserLimits>>,
+    /// How widely the `auth_cache` may reuse this acceptance.
+    pub cache_scope: CacheScope,
 }
 
 /// An AuthInfo's `limits` (replacing the listener's) and `limit_key` (the
@@ -35,11 +37,38 @@ pub struct UserLimits {
     pub key: Option<String>,
 }
 
+/// `cache_scope` in an AuthInfo (Lua table or `auth_http` JSON).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheScope {
+    /// Only for a connection that shows the deciding party the same: event,
+    /// peer IP, local address, client certificate, credentials. The default:
+    /// safe for any handler, whatever it looks at.
+    #[default]
+    Connection,
+    /// For the same event and credentials from any connection: the handler
+    /// declares its verdict depends on the credentials alone.
+    Credentials,
+}
+
+impl CacheScope {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "connection" => Ok(CacheScope::Connection),
+            "credentials" => Ok(CacheScope::Credentials),
+            other => Err(format!(
+                "cache_scope: '{}' is not one of 'connection', 'credentials'",
+                crate::proto::text::client(other)
+            )),
+        }
+    }
+}
+
 pub const CONTEXT_RFC1929: &str = "ProxyAuthRfc1929";
 pub const CONTEXT_TRUSTED_HOST: &str = "TrustedHost";
 pub const CONTEXT_TLS_CLIENT: &str = "TlsClientCertificate";
 /// The identity context of a user validated by `http_server_validate_auth_basic`
-/// (KumoMTA's name for it).
+/// (KumoMTA's name for it), on every front-end (proxy HTTP CONNECT, status
+/// listener): one name for one kind of login.
 pub const CONTEXT_HTTP_BASIC: &str = "HttpBasicAuth";
 
 impl AuthInfo {
@@ -51,6 +80,7 @@ impl AuthInfo {
             }],
             groups: Vec::new(),
             permissions: None,
+            cache_scope: CacheScope::Connection,
             limits: None,
         }
     }
@@ -69,10 +99,12 @@ impl AuthInfo {
         self.limits.as_ref().and_then(|l| l.spec.as_ref())
     }
 
-    /// A short description for logs: the first identity.
+    /// A short description: the first identity. Identities come from
+    /// clients (usernames) and handlers: escaped.
     pub fn summary(&self) -> String {
+        use crate::proto::text::client;
         match self.identities.first() {
-            Some(i) => format!("{} ({})", i.identity, i.context),
+            Some(i) => format!("{} ({})", client(&i.identity), client(&i.context)),
             None => "anonymous".to_string(),
         }
     }

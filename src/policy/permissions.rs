@@ -137,7 +137,7 @@ fn parse_host(h: &str) -> Result<HostPat, String> {
     if h.contains('/') {
         return h
             .parse::<IpNet>()
-            .map(|n| HostPat::Net(n.trunc()))
+            .map(|n| HostPat::Net(canonical_net(n).trunc()))
             .map_err(|_| format!("'{h}' is not a CIDR block"));
     }
     if let Ok(ip) = h.parse::<IpAddr>() {
@@ -179,6 +179,36 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// `::ffff:a.b.c.d/N` (N >= 96) is the IPv4 block `a.b.c.d/(N-96)`: destinations
+/// are matched in their IPv4 form ([`canonical`]), so the rule must be too or it
+/// would never match anything.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
+/// The IPv4 address an IPv6 address stands for on some path, for deny rules:
+/// the NAT64 well-known prefix `64:ff9b::/96` (RFC 6052: a NAT64 gateway
+/// dials the embedded address) and the deprecated IPv4-compatible `::a.b.c.d`
+/// (RFC 4291; `::` and `::1` excluded, they are not IPv4). A deny rule that
+/// matches the embedded address denies the IPv6 form too, so
+/// `64:ff9b::127.0.0.1` is as private as `127.0.0.1`.
+pub fn embedded_v4(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    let s = v6.segments();
+    let low = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    let compat = s[..6] == [0; 6] && u32::from(low) > 1;
+    (nat64 || compat).then_some(low)
+}
+
 /// One layer of allow and deny rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Permissions {
@@ -197,6 +227,15 @@ pub const PRIVATE_DESTINATIONS: &[&str] = &[
     "169.254.0.0/16",
     "fe80::/10",
     "fd00:ec2::254/128",
+    // RFC 6761: `localhost` and names below it are loopback whoever resolves
+    // them; denied by name too, for names an upstream proxy resolves.
+    "localhost",
+    "*.localhost",
+    // RFC 8215 local-use NAT64: translated by the site's own gateway into its
+    // internal IPv4 networks, with an embedding we cannot know. (The
+    // well-known 64:ff9b::/96 and ::a.b.c.d are judged by their embedded IPv4
+    // address: see `embedded_v4`.)
+    "64:ff9b:1::/48",
 ];
 
 impl Permissions {
@@ -257,7 +296,9 @@ impl Permissions {
             Some(_) => None,
             None => Some(normalize_name(host)),
         };
-        self.check_parsed(&host, literal, name.as_deref(), port, addrs)
+        // The name is the client's: shown escaped in the refusal message.
+        let shown = crate::proto::text::client(host);
+        self.check_parsed(&shown, literal, name.as_deref(), port, addrs)
     }
 
     /// `check` for a destination given as an IP address: the same rules and
@@ -288,7 +329,11 @@ impl Permissions {
             }
         }
         for ip in &ips {
-            if let Some(r) = self.deny.iter().find(|r| r.matches_ip(*ip, port)) {
+            let denied = |r: &&Rule| {
+                r.matches_ip(*ip, port)
+                    || embedded_v4(*ip).is_some_and(|v4| r.matches_ip(IpAddr::V4(v4), port))
+            };
+            if let Some(r) = self.deny.iter().find(denied) {
                 return Err(if literal == Some(*ip) {
                     format!("{} is denied by '{r}'", dest())
                 } else {
@@ -347,7 +392,12 @@ pub fn denies_name(layers: &[&Permissions], host: &str, port: u16) -> Option<Str
     layers
         .iter()
         .find_map(|p| p.denies_name(host, port))
-        .map(|r| format!("{host}:{port} is denied by '{r}'"))
+        .map(|r| {
+            format!(
+                "{}:{port} is denied by '{r}'",
+                crate::proto::text::client(host)
+            )
+        })
 }
 
 /// `allowed_source_addresses` for BIND and policy-chosen source addresses.
@@ -620,6 +670,50 @@ mod tests {
         assert!(!ok(&p, "x", 80, &["::ffff:169.254.169.254"]));
         assert!(ok(&p, "example.com", 443, &["192.0.2.1", "2001:db8::1"]));
         assert!(ok(&p, "10.0.0.1", 25, &[]));
+    }
+
+    #[test]
+    fn mapped_cidr_rules_are_ipv4_rules() {
+        let r = Rule::parse("::ffff:127.0.0.0/104").unwrap();
+        assert_eq!(r.host, HostPat::Net("127.0.0.0/8".parse().unwrap()));
+        let r = Rule::parse("[::ffff:10.1.2.3/120]:25").unwrap();
+        assert_eq!(r.host, HostPat::Net("10.1.2.0/24".parse().unwrap()));
+        let r = Rule::parse("::ffff:0:0/96").unwrap();
+        assert_eq!(r.host, HostPat::Net("0.0.0.0/0".parse().unwrap()));
+        let p = perms(&[], &["::ffff:127.0.0.0/104"]);
+        assert!(!ok(&p, "127.0.0.1", 80, &[]));
+        assert!(!ok(&p, "::ffff:127.0.0.1", 80, &[]));
+        assert!(!ok(&p, "localhost", 80, &["127.0.0.1"]));
+        assert!(ok(&p, "192.0.2.1", 80, &[]));
+        // Other IPv6 blocks are untouched.
+        let r = Rule::parse("2001:db8::/96").unwrap();
+        assert_eq!(r.host, HostPat::Net("2001:db8::/96".parse().unwrap()));
+    }
+
+    #[test]
+    fn embedded_private_ipv4_is_private() {
+        let p = Permissions::private_destinations();
+        for bad in [
+            "64:ff9b::7f00:1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::169.254.169.254",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "::0.0.0.2",
+            "64:ff9b:1::7f00:1",
+            "64:ff9b:1:ffff::1",
+        ] {
+            assert!(!ok(&p, bad, 80, &[]), "{bad}");
+            assert!(!ok(&p, "nat64.example", 80, &[bad]), "{bad}");
+        }
+        assert!(ok(&p, "64:ff9b::192.0.2.1", 80, &[]));
+        assert!(ok(&p, "::192.0.2.1", 80, &[]));
+        assert!(ok(&p, "2001:db8::7f00:1", 80, &[]));
+        // Listener rules: denying an IPv4 block denies its NAT64 form.
+        let p = perms(&[], &["10.0.0.0/8"]);
+        assert!(!ok(&p, "64:ff9b::10.0.0.1", 80, &[]));
+        assert_eq!(embedded_v4(ip("::1")), None);
+        assert_eq!(embedded_v4(ip("::")), None);
     }
 
     #[test]

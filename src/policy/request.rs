@@ -74,15 +74,35 @@ fn layers<'a>(ctx: &'a RequestContext<'a>, auth: &'a AuthInfo) -> Vec<&'a Permis
     v
 }
 
-fn via_proxy(egress: &Option<Arc<EgressSource>>) -> bool {
-    // An HAProxy egress (ha_proxy_server) is given checked addresses: not here.
-    egress.as_ref().is_some_and(|e| e.proxy.is_some())
+/// Whether the name goes to an upstream proxy unresolved: only with an egress
+/// source that opted in (`socks5_proxy_remote_dns = true`), and never for a
+/// name whose last label is numeric (`127.1`, `0x7f.1`, `2130706433`): no
+/// top-level domain is, and resolvers read those as IPv4 addresses, so they
+/// are resolved (and checked) here like any literal.
+fn resolved_upstream(target: &TargetAddr, egress: &Option<Arc<EgressSource>>) -> bool {
+    let remote = egress
+        .as_ref()
+        .and_then(|e| e.proxy.as_ref())
+        .is_some_and(|p| p.remote_dns);
+    let TargetAddr::Domain(name, _) = target else {
+        return false;
+    };
+    let last = name.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    let numeric = !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || last
+                .strip_prefix("0x")
+                .or_else(|| last.strip_prefix("0X"))
+                .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())));
+    remote && !numeric
 }
 
 /// Permissions for one destination: a denied name is refused before any DNS
-/// lookup; otherwise the name is resolved here (unless an upstream proxy will
-/// resolve it) and every address is checked. The addresses returned are the
-/// ones checked, so a second lookup cannot rebind the name elsewhere.
+/// lookup; otherwise the name is resolved here and every address is checked,
+/// whichever path the connection takes (an upstream proxy is then asked for
+/// the checked address, not the name). The addresses returned are the ones
+/// checked, so a second lookup cannot rebind the name elsewhere. Only an
+/// egress source with `socks5_proxy_remote_dns` leaves names unresolved.
 async fn check_destination(
     target: &TargetAddr,
     egress: &Option<Arc<EgressSource>>,
@@ -90,6 +110,14 @@ async fn check_destination(
     ctx: &RequestContext<'_>,
 ) -> Result<Vec<SocketAddr>, Refusal> {
     let layers = layers(ctx, auth);
+    // Port 0 is no destination (connect(2) refuses it, an upstream proxy might
+    // not): refused before any lookup or dial, like HTTP CONNECT's 400.
+    if target.port() == 0 {
+        return Err(Refusal::denied(format!(
+            "{}: port 0 is not a destination",
+            crate::proto::text::client(&target.host())
+        )));
+    }
     if let TargetAddr::Ip(a) = target {
         // An address is checked as one, without a round trip through text
         // (that cost every session a format and two parses).
@@ -102,12 +130,15 @@ async fn check_destination(
     }
     let addrs = match target {
         TargetAddr::Ip(a) => vec![*a],
-        TargetAddr::Domain(..) if via_proxy(egress) => Vec::new(),
+        TargetAddr::Domain(..) if resolved_upstream(target, egress) => Vec::new(),
         TargetAddr::Domain(name, _) => {
             let t = ctx.timeout;
             let timed_out = Refusal {
                 code: reply::TTL_EXPIRED,
-                reason: format!("cannot resolve {name} within {t:?}"),
+                reason: format!(
+                    "cannot resolve {} within {t:?}",
+                    crate::proto::text::client(name)
+                ),
             };
             let lookup = async {
                 crate::host::net::resolve(target, None)
@@ -218,7 +249,12 @@ pub(crate) async fn ask(
     if !crate::policy::events::registered(EVENT_REQUEST) {
         return Ok(None);
     }
-    let what = format!("{} {}:{}", request.command, request.host, request.port);
+    let what = format!(
+        "{} {}:{}",
+        request.command,
+        crate::proto::text::client(&request.host),
+        request.port
+    );
     let ask = ctx.pump.ask(|reply| Event::Request {
         request,
         auth: auth.clone(),

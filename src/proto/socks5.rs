@@ -274,7 +274,8 @@ impl fmt::Display for TargetAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TargetAddr::Ip(a) => write!(f, "{a}"),
-            TargetAddr::Domain(d, p) => write!(f, "{d}:{p}"),
+            // The name is the client's: escaped, so it can go in log lines.
+            TargetAddr::Domain(d, p) => write!(f, "{}:{p}", crate::proto::text::client(d)),
         }
     }
 }

@@ -165,17 +165,28 @@ async fn dial_only(
             });
         }
         if egress.proxy.is_some() || egress.ha_proxy.is_some() {
-            // HAProxy gets the checked address, not the name to resolve again.
-            let target = checked_target(egress, plan);
-            // Boxed: upstream connects (TLS, a SOCKS5 handshake) are large futures
-            // that would otherwise size every session's task.
-            let up = Box::pin(egress.connect(&target, egress.connect_timeout))
-                .await
-                .map_err(|e| SessionError::Connect {
-                    target: plan.target.to_string(),
-                    code: e.code,
-                    reason: format!("egress source '{}': {e}", egress.name),
-                })?;
+            // The proxy is asked for the addresses the policy checked, in
+            // resolver order; the name itself only with socks5_proxy_remote_dns
+            // (then `addrs` is empty). HAProxy gets the checked address of its
+            // source's family.
+            let targets: Vec<TargetAddr> = if egress.ha_proxy.is_some() {
+                vec![checked_target(egress, plan)]
+            } else if plan.addrs.is_empty() {
+                vec![plan.target.clone()]
+            } else {
+                plan.addrs.iter().map(|a| TargetAddr::Ip(*a)).collect()
+            };
+            // Boxed: upstream connects (TLS, a SOCKS5 handshake) are large
+            // futures that would otherwise size every session's task.
+            let result = Box::pin(connect_upstream(egress, &targets)).await;
+            let (up, target) = result.map_err(|e| SessionError::Connect {
+                target: plan.target.to_string(),
+                code: e.as_ref().map_or(reply::GENERAL_FAILURE, |e| e.code),
+                reason: match e {
+                    Some(e) => format!("egress source '{}': {e}", egress.name),
+                    None => format!("egress source '{}': no address to try", egress.name),
+                },
+            })?;
             let bound = match &up.proxy_bound {
                 Some(TargetAddr::Ip(a)) => *a,
                 _ => up.local,
@@ -220,6 +231,22 @@ async fn dial_only(
 /// The destination to hand `egress.connect` for a checked plan: through
 /// HAProxy, the first checked address of the source's family (so a name is
 /// not resolved again, possibly elsewhere); otherwise the plan's target.
+/// Tries `targets` through `egress` in turn; the first connection, with the
+/// target it reached, or the last error (`None`: nothing to try).
+async fn connect_upstream(
+    egress: &crate::egress::EgressSource,
+    targets: &[TargetAddr],
+) -> Result<(crate::egress::Connected, TargetAddr), Option<crate::egress::EgressError>> {
+    let mut last = None;
+    for t in targets {
+        match egress.connect(t, egress.connect_timeout).await {
+            Ok(c) => return Ok((c, t.clone())),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last)
+}
+
 fn checked_target(egress: &crate::egress::EgressSource, plan: &Plan) -> TargetAddr {
     if let Some(ha) = &egress.ha_proxy {
         let v4 = ha.source_address.is_ipv4();

@@ -66,12 +66,11 @@ async fn authenticate(
                 || crate::policy::events::registered(EVENT_HTTP_AUTH_BASIC) =>
         {
             // The shared credential path: failure delay, auth cache, then auth_http
-            // or the Lua event. A user without a password is checked (and cached)
-            // with an empty one; Lua still sees nil.
-            let name = String::from_utf8_lossy(&user).into_owned();
-            // `name` is the identity; log lines get it with control characters escaped.
-            let shown = crate::host::logging::printable(&name).into_owned();
-            let pw = password.clone().unwrap_or_default();
+            // or the Lua event. A user without a password (no colon) is its own
+            // cache key; Lua sees nil, auth_http an empty password.
+            // `name` is the identity; log lines get it escaped.
+            let shown = crate::proto::text::client(&user).to_string();
+            let pw = password.clone();
             let errored = AtomicBool::new(false);
             let errored_ref = &errored;
             let u = user.clone();
@@ -88,14 +87,15 @@ async fn authenticate(
                     ))),
                 }
             };
-            let verdict = check_credentials(
+            // Boxed: run once per session, it would otherwise size every session's task.
+            let verdict = Box::pin(check_credentials(
                 &user,
-                &pw,
+                pw.as_deref(),
                 meta,
                 &shared.auth_ctx(),
                 CONTEXT_HTTP_BASIC,
                 ask,
-            )
+            ))
             .await;
             return match verdict {
                 Ok(info) => AuthOutcome::Proceed(with_cert(info)),
@@ -106,8 +106,7 @@ async fn authenticate(
             };
         }
         Some(Credentials::Basic { user, .. }) => {
-            let name =
-                crate::host::logging::printable(&String::from_utf8_lossy(&user)).into_owned();
+            let name = crate::proto::text::client(&user).to_string();
             why_not = format!("user '{name}': no {EVENT_HTTP_AUTH_BASIC} handler is registered")
         }
         Some(Credentials::Other(scheme)) => {
@@ -175,7 +174,7 @@ pub async fn handle(
     };
     if head.method == "CONNECT" {
         trace.command = Some("connect");
-        trace.destination = Some(crate::host::logging::printable(&head.target).into_owned());
+        trace.destination = Some(crate::proto::text::client(&head.target).to_string());
     }
     if head.method != "CONNECT" {
         let body = "this proxy serves CONNECT only\n";
@@ -187,7 +186,7 @@ pub async fn handle(
         .await?;
         return Err(SessionError::Refused(format!(
             "HTTP {} (only CONNECT is served)",
-            head.method.chars().take(32).collect::<String>()
+            crate::proto::text::client(&head.method.chars().take(32).collect::<String>())
         )));
     }
     let target = match parse_authority(&head.target) {

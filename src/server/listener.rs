@@ -101,9 +101,70 @@ fn bind(config: &Config) -> io::Result<(std::net::TcpListener, bool)> {
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// WARN lines for connections refused by a limit, at most one per
+/// [`RefusalLog::EVERY`]: a flood of refused connections must not turn into a
+/// flood of log lines. The first refusal is logged at once; the ones after it
+/// within the window are counted and logged as one line when it ends. The
+/// `rejected` counter is kept exactly, elsewhere.
+struct RefusalLog {
+    what: &'static str,
+    state: Arc<Mutex<RefusalState>>,
+}
+
+#[derive(Default)]
+struct RefusalState {
+    last_line: Option<std::time::Instant>,
+    /// Refused since the last line, not yet logged.
+    pending: u64,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn new(what: &'static str) -> Self {
+        RefusalLog {
+            what,
+            state: Default::default(),
+        }
+    }
+
+    fn refused(&self, addr: SocketAddr, peer: SocketAddr, max: u64) {
+        let now = std::time::Instant::now();
+        let what = self.what;
+        let mut st = self.state.lock().unwrap();
+        match st.last_line {
+            Some(t) if now.duration_since(t) < Self::EVERY => {
+                st.pending += 1;
+                if st.pending == 1 {
+                    // Log the window's count when it ends.
+                    let state = self.state.clone();
+                    let at = t + Self::EVERY;
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(at.into()).await;
+                        let mut st = state.lock().unwrap();
+                        let n = std::mem::take(&mut st.pending);
+                        if n > 0 {
+                            st.last_line = Some(std::time::Instant::now());
+                            tracing::warn!(
+                                "listener {addr}: refused {n} more connection(s) in the last second: {what} ({max}) reached"
+                            );
+                        }
+                    });
+                }
+            }
+            _ => {
+                st.last_line = Some(now);
+                tracing::warn!("listener {addr}: refusing {peer}: {what} ({max}) reached");
+            }
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let addr = shared.local_addr;
     let mut backoff = BACKOFF_MIN;
+    let over_max = RefusalLog::new("max_connections");
+    let over_max_per_ip = RefusalLog::new("max_connections_per_ip");
     loop {
         let accepted = tokio::select! {
             _ = shared.closing.cancelled() => break,
@@ -118,9 +179,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 if let Some(max) = gen.config.max_connections {
                     if shared.stats.active.load(Ordering::Relaxed) >= max {
                         Stats::inc(&shared.stats.rejected);
-                        tracing::warn!(
-                            "listener {addr}: refusing {peer}: max_connections ({max}) reached"
-                        );
+                        over_max.refused(addr, peer, max);
                         let why = format!("max_connections ({max}) reached");
                         crate::server::accounting::rejected(&gen, peer, why);
                         drop(stream);
@@ -135,9 +194,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         Some(slot) => Some(slot),
                         None => {
                             Stats::inc(&shared.stats.rejected);
-                            tracing::warn!(
-                                "listener {addr}: refusing {peer}: max_connections_per_ip ({max}) reached"
-                            );
+                            over_max_per_ip.refused(addr, peer, max);
                             let why = format!("max_connections_per_ip ({max}) reached");
                             crate::server::accounting::rejected(&gen, peer, why);
                             drop(stream);

@@ -308,9 +308,8 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(e) => return Err(e),
             };
-            // For log lines: control characters escaped.
-            let user =
-                crate::host::logging::printable(&String::from_utf8_lossy(&creds.username)).into_owned();
+            // For log lines: escaped (proto::text::ClientText).
+            let user = crate::proto::text::client(&creds.username).to_string();
             // Boxed: the credential check (auth cache, auth_http, a Lua question)
             // is the session's largest state and ends before the relay; inline it
             // would size every session's task (issue 8).

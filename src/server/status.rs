@@ -269,8 +269,17 @@ async fn authorize(
         }
         Some(Ok(Credentials::Basic { user, password })) => {
             let name = String::from_utf8_lossy(&user).into_owned();
-            let pw = password.clone().unwrap_or_default();
-            let cached = shared.cache.as_ref().and_then(|c| c.get(&user, &pw));
+            // For log lines: escaped (proto::text::ClientText).
+            let shown = crate::proto::text::client(&user).to_string();
+            let pw = password.clone();
+            // This listener's own cache: its one event, keyed like the proxy's.
+            let key = crate::policy::auth_cache::CacheKey::new(
+                crate::policy::events::EVENT_HTTP_AUTH_BASIC,
+                meta,
+                &user,
+                pw.as_deref(),
+            );
+            let cached = shared.cache.as_ref().and_then(|c| c.get(&key));
             let verdict = match cached {
                 Some(Ok(info)) => Some(Ok(Some(info))),
                 Some(Err(_)) => Some(Ok(None)),
@@ -283,7 +292,7 @@ async fn authorize(
                             Some(info) => Ok(info.clone()),
                             None => Err("rejected by handler".to_string()),
                         };
-                        c.put(&user, &pw, entry);
+                        c.put(&key, entry);
                     }
                     v
                 }
@@ -292,17 +301,17 @@ async fn authorize(
                 Some(Ok(Some(_))) => return Ok(name),
                 Some(Ok(None)) => {
                     tracing::warn!(
-                        "status listener: request from {peer}: user '{name}' rejected by handler"
+                        "status listener: request from {peer}: user '{shown}' rejected by handler"
                     );
                     return Err(challenge("authentication required\n"));
                 }
                 Some(Err(why)) => {
-                    tracing::warn!("status listener: request from {peer}: user '{name}': {why}");
+                    tracing::warn!("status listener: request from {peer}: user '{shown}': {why}");
                     return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"));
                 }
                 None => {
                     why_not = format!(
-                        "user '{name}': no {} handler is registered",
+                        "user '{shown}': no {} handler is registered",
                         crate::policy::events::EVENT_HTTP_AUTH_BASIC
                     )
                 }
@@ -331,9 +340,11 @@ async fn respond(
     };
     let path = req.uri().path();
     tracing::debug!(
-        "status listener: {} {path} from {} as {who}",
+        "status listener: {} {} from {} as {}",
         req.method(),
-        meta.peer
+        crate::proto::text::client(path),
+        meta.peer,
+        crate::proto::text::client(&who)
     );
     if !matches!(
         path,
