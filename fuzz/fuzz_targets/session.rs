@@ -99,7 +99,11 @@ async fn host(pump: &Pump) {
                     ..
                 } => {
                     let ok = user == b"alice" && password.as_deref() == Some(b"secret");
-                    let _ = reply.send(Ok(ok));
+                    // `true` from a Lua handler: the user as an HttpBasicAuth identity.
+                    let who = ok.then(|| {
+                        kumoproxy::policy::identity::AuthInfo::single("alice", "HttpBasicAuth")
+                    });
+                    let _ = reply.send(Ok(who));
                 }
                 #[allow(unreachable_patterns)]
                 _ => {} // an event this target does not know: dropped, fails closed
