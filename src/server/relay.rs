@@ -105,10 +105,27 @@ async fn copy_both(
     shared: &Shared,
     session: &Bytes,
 ) -> io::Result<()> {
+    let (cr, cw) = client.split();
+    let (rr, rw) = remote.split();
+    copy_halves((cr, cw), (rr, rw), shared, session).await
+}
+
+/// Both directions of a userspace relay over split halves, with the idle
+/// watchdog: shared by the plain-TCP copy and the any-stream (TLS) relay.
+async fn copy_halves<CR, CW, RR, RW>(
+    (mut cr, mut cw): (CR, CW),
+    (mut rr, mut rw): (RR, RW),
+    shared: &Shared,
+    session: &Bytes,
+) -> io::Result<()>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    RR: AsyncRead + Unpin,
+    RW: AsyncWrite + Unpin,
+{
     let stats = &shared.stats;
     let activity = Activity::new();
-    let (mut cr, mut cw) = client.split();
-    let (mut rr, mut rw) = remote.split();
     let both = async {
         tokio::try_join!(
             copy_one_way(
@@ -167,29 +184,13 @@ where
         remote.write_all(early).await?;
         count(&stats.bytes_to_remote, &session.up, early.len());
     }
-    let activity = Activity::new();
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut rr, mut rw) = tokio::io::split(remote);
-    let both = async {
-        tokio::try_join!(
-            copy_one_way(
-                &mut cr,
-                &mut rw,
-                (&stats.bytes_to_remote, &session.up),
-                &activity
-            ),
-            copy_one_way(
-                &mut rr,
-                &mut cw,
-                (&stats.bytes_to_client, &session.down),
-                &activity
-            ),
-        )
-    };
-    tokio::select! {
-        r = both => r.map(|_| ()),
-        r = activity.watchdog(shared.config.timeout) => r,
-    }
+    copy_halves(
+        tokio::io::split(client),
+        tokio::io::split(remote),
+        shared,
+        session,
+    )
+    .await
 }
 
 /// Userspace copy for any stream pair. The buffer is allocated on the first byte,
