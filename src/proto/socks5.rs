@@ -286,8 +286,9 @@ pub struct Request {
     pub target: TargetAddr,
 }
 
-/// Parses an address (ATYP, ADDR, PORT) starting at `buf[0]` = ATYP.
-fn parse_addr(buf: &[u8]) -> Parsed<TargetAddr> {
+/// Parses an address (ATYP, ADDR, PORT) starting at `buf[0]` = ATYP. Shared by
+/// TCP requests and UDP datagram headers (`proto::socks5_udp`).
+pub(crate) fn parse_addr(buf: &[u8]) -> Parsed<TargetAddr> {
     let Some(&atyp) = buf.first() else {
         return Ok(None);
     };

@@ -14,9 +14,9 @@
 //! (`write_header_before`), so a relay receives into a buffer with headroom
 //! and sends without copying the payload.
 
-use crate::proto::socks5::TargetAddr;
+use crate::proto::socks5::{self, CodecError, TargetAddr};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 const ATYP_IPV4: u8 = 0x01;
 const ATYP_DOMAIN: u8 = 0x03;
@@ -85,48 +85,13 @@ pub fn parse(datagram: &[u8]) -> Result<(TargetAddr, usize), UdpHeaderError> {
     if frag != 0 {
         return Err(UdpHeaderError::Fragmented(frag));
     }
-    let rest = &datagram[FIXED..];
-    let port_at = |n: usize| -> Result<u16, UdpHeaderError> {
-        match rest.get(n..n + 2) {
-            Some(p) => Ok(u16::from_be_bytes([p[0], p[1]])),
-            None => Err(UdpHeaderError::Truncated),
-        }
-    };
-    match datagram[3] {
-        ATYP_IPV4 => {
-            let port = port_at(4)?;
-            let ip = Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
-            Ok((
-                TargetAddr::Ip(SocketAddr::new(IpAddr::V4(ip), port)),
-                FIXED + 6,
-            ))
-        }
-        ATYP_IPV6 => {
-            let port = port_at(16)?;
-            let mut o = [0u8; 16];
-            o.copy_from_slice(&rest[..16]);
-            let ip = Ipv6Addr::from(o);
-            Ok((
-                TargetAddr::Ip(SocketAddr::new(IpAddr::V6(ip), port)),
-                FIXED + 18,
-            ))
-        }
-        ATYP_DOMAIN => {
-            let len = *rest.first().ok_or(UdpHeaderError::Truncated)? as usize;
-            if len == 0 {
-                return Err(UdpHeaderError::BadDomain);
-            }
-            let port = port_at(1 + len)?;
-            let name =
-                std::str::from_utf8(&rest[1..1 + len]).map_err(|_| UdpHeaderError::BadDomain)?;
-            // As for TCP requests: the name reaches log lines and Lua, where a
-            // CR/LF or an escape sequence would forge or garble them.
-            if name.chars().any(char::is_control) {
-                return Err(UdpHeaderError::BadDomain);
-            }
-            Ok((TargetAddr::Domain(name.to_string(), port), FIXED + 3 + len))
-        }
-        other => Err(UdpHeaderError::UnknownAddressType(other)),
+    // The address is the TCP request's (ATYP at byte 3): one parser, one rule
+    // for names (no control characters: they reach log lines and Lua).
+    match socks5::parse_addr(&datagram[3..]) {
+        Ok(Some((target, n))) => Ok((target, 3 + n)),
+        Ok(None) => Err(UdpHeaderError::Truncated),
+        Err(CodecError::UnknownAddressType(a)) => Err(UdpHeaderError::UnknownAddressType(a)),
+        Err(_) => Err(UdpHeaderError::BadDomain),
     }
 }
 
