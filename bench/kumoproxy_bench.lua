@@ -10,8 +10,17 @@
 --   udp:   udp = true (UDP ASSOCIATE), where the build has it
 --   pp:    proxy_protocol from 127.0.0.1: clients send a PROXY v2 header first
 --          (socksbench --proxy-v2), as behind a load balancer
+--   limits: as plain, with per-identity limits in this process (scope 'local'):
+--          every session is admitted against max_sessions, connect_rate and a
+--          quota (all far above what the bench reaches, so none refuses)
+--   fleet: the same limits with scope 'fleet', on the Redis at $KUMOPROXY_BENCH_REDIS
+--          (a URL; bench/run.sh starts a redis-server), when it is set
 --
--- Prints one line "READY plain=ADDR auth=ADDR tls=ADDR copy=ADDR [authcache=ADDR] [udp=ADDR] [pp=ADDR]"
+--   bwfar, bw100m, bw1g: limits = { bandwidth = '100 Gbit/s' | '100 Mbit/s' | '1 Gbit/s' }
+--
+-- Prints one line "READY plain=ADDR auth=ADDR tls=ADDR copy=ADDR [authcache=ADDR] [udp=ADDR]
+-- [pp=ADDR] [limits=ADDR] [fleet=ADDR] [bwfar=ADDR bw100m=ADDR bw1g=ADDR]" and serves
+-- until SIGTERM.
 -- and serves until SIGTERM.
 local kumoproxy = require 'kumoproxy'
 
@@ -72,14 +81,47 @@ if not okudp then
   udp = nil
 end
 
+-- Per-identity limits (issue 14). Loopback clients are trusted hosts, so the
+-- limit key is the peer IP: every session of the bench shares one key, the
+-- hardest case for a shared counter.
+local function limits(scope)
+  return {
+    max_sessions = 1000000, connect_rate = '1000000/s', quota = '1000 TB/day', scope = scope,
+  }
+end
+local oklim, lim = pcall(listener, { listen = '127.0.0.1:0', timeout = timeout, limits = limits('local') })
+if not oklim then
+  io.stderr:write('no limits listener: ', tostring(lim), '\n')
+  lim = nil
+end
+-- Shaping (issue 14): a bandwidth far above the link (the unthrottled fast path
+-- must stay as fast as no limits), and two rates whose accuracy is measured.
+local shaped = {}
+if oklim then
+  for name, rate in pairs { bwfar = '100 Gbit/s', bw100m = '100 Mbit/s', bw1g = '1 Gbit/s' } do
+    shaped[name] = listener {
+      listen = '127.0.0.1:0', timeout = timeout, limits = { bandwidth = rate },
+    }
+  end
+end
+local fleet
+if oklim and os.getenv('KUMOPROXY_BENCH_REDIS') then
+  kumoproxy.configure_redis { url = os.getenv('KUMOPROXY_BENCH_REDIS'), on_error = 'deny' }
+  fleet = listener { listen = '127.0.0.1:0', timeout = timeout, limits = limits('fleet') }
+end
+
 local f = assert(io.open(cert_file, 'w'))
 f:write(tls:certificate_pem())
 f:close()
 
-print(('READY plain=%s auth=%s tls=%s copy=%s%s%s%s'):format(
+print(('READY plain=%s auth=%s tls=%s copy=%s%s%s%s%s%s'):format(
   plain:local_addr(), auth:local_addr(), tls:local_addr(), copy:local_addr(),
   authcache and (' authcache=' .. authcache:local_addr()) or '',
   udp and (' udp=' .. udp:local_addr()) or '',
-  pp and (' pp=' .. pp:local_addr()) or ''))
+  pp and (' pp=' .. pp:local_addr()) or '',
+  lim and (' limits=' .. lim:local_addr()) or '',
+  fleet and (' fleet=' .. fleet:local_addr()) or '')
+  .. (shaped.bwfar and (' bwfar=%s bw100m=%s bw1g=%s'):format(
+    shaped.bwfar:local_addr(), shaped.bw100m:local_addr(), shaped.bw1g:local_addr()) or ''))
 io.stdout:flush()
 kumoproxy.run { grace = 0 }

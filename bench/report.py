@@ -279,6 +279,7 @@ def render(results, a):
 
     # ---------------------------------------------------------------- udp
     udp_section(results, say)
+    limits_section(results, say)
 
     # ---------------------------------------------------------------- targets
     say("### Issue 8 targets, from this run\n")
@@ -417,6 +418,74 @@ def udp_section(results, say):
                          mib("rss_kib_after")])
         say(table(["proxy", "associations", "RSS MiB before → held", "fds before → held",
                    "KiB RSS / assoc.", "fds / assoc.", "RSS MiB after close"], rows) + "\n")
+
+
+def limits_section(results, say):
+    """Per-identity limits (issue 14) tables, with the issue's targets."""
+    labels = present(results, "cycles", ["kumoproxy+limits", "kumoproxy+fleet"])
+    if not labels:
+        return
+    say("### Per-identity limits (issue 14)\n")
+    say("Connection cycles as above (no auth; loopback clients are trusted hosts, so every "
+        "session shares one limit key, the peer IP), through a listener with `limits = "
+        "{ max_sessions, connect_rate, quota }` set far above what the bench reaches: `+limits` "
+        "in this process (`scope = 'local'`), `+fleet` on a loopback `redis-server` "
+        "(`scope = 'fleet'`). Redis commands per session are `INFO commandstats` calls over the whole "
+        "measurement (warm-up included, from before the first session until the proxy ended the "
+        "last), of commands a client sends (`EVALSHA`, `SCRIPT LOAD`, connection set-up) ÷ its "
+        "sessions started; commandstats also counts each command a script runs inside Redis, shown "
+        "apart as \"inside scripts\" (no round trip each).\n")
+    concs = sorted({r["concurrency"] for r in results if r["kind"] == "cycles" and r["label"] in labels})
+    head = ["target"] + [f"c={c} conn/s" for c in concs] + \
+        [f"proxy CPU µs/conn (c={concs[-1]})", "Redis cmds / session (inside scripts)", "errors"]
+    rows = []
+    g = lambda l, c, k: med(pick(results, "cycles", l, concurrency=c, close_by="client"), k)
+    for l in ["kumoproxy"] + labels:
+        rs = lambda c: pick(results, "cycles", l, concurrency=c, close_by="client")
+        rows.append([l] + [cell(rs(c), "conn_s") for c in concs]
+                    + [fmt(g(l, concs[-1], "proxy_cpu_us_per_conn")),
+                       (f'{fmt(g(l, concs[-1], "redis_cmds_per_conn"), 2)} '
+                        f'({fmt(g(l, concs[-1], "redis_cmds_in_scripts_per_conn"), 1)})')
+                       if l.endswith("+fleet") else "–",
+                       str(sum(values(pick(results, "cycles", l), "errors")))])
+    say(table(head, rows) + "\n")
+    target = []
+    c = concs[-1]
+    for l, want, what in [("kumoproxy+limits", 0.9, "local"), ("kumoproxy+fleet", 0.6, "fleet")]:
+        if l not in labels:
+            continue
+        r = ratio(g(l, c, "conn_s"), g("kumoproxy", c, "conn_s"))
+        target.append([f"conn/s at c={c} with {what} limits: ≥ {want}× without", rfmt(r),
+                       "met" if r is not None and r >= want else "**not met**"])
+    if "kumoproxy+fleet" in labels:
+        cmds = g("kumoproxy+fleet", c, "redis_cmds_per_conn")
+        target.append(["Redis commands per session ≤ 2", fmt(cmds, 2),
+                       "met" if cmds is not None and cmds <= 2 else "**not met**"])
+    bl = present(results, "bulk", ["kumoproxy+bwfar", "kumoproxy+bw1g", "kumoproxy+bw100m"])
+    if bl:
+        say("Bulk, 1 stream down (the sink sends), through listeners with `limits = { bandwidth = ... }`:\n")
+        base = med(pick(results, "bulk", "kumoproxy", streams=1, dir="down"), "gbit_s")
+        rows = [["kumoproxy (no limits)", cell(pick(results, "bulk", "kumoproxy", streams=1, dir="down"), "gbit_s"), "–"]]
+        for l, conf in [("kumoproxy+bwfar", 100.0), ("kumoproxy+bw1g", 1.0), ("kumoproxy+bw100m", 0.1)]:
+            rs = pick(results, "bulk", l, streams=1, dir="down")
+            if not rs:
+                continue
+            got = med(rs, "gbit_s")
+            if l == "kumoproxy+bwfar":
+                r = ratio(got, base)
+                rows.append([f"bandwidth = '100 Gbit/s'", cell(rs, "gbit_s"), f"{rfmt(r)} no limits"])
+                target.append(["bulk 1 stream, bandwidth far above the link: ≥ 0.95× unlimited", rfmt(r),
+                               "met" if r is not None and r >= 0.95 else "**not met**"])
+            else:
+                r = ratio(got, conf)
+                name = "1 Gbit/s" if conf == 1.0 else "100 Mbit/s"
+                rows.append([f"bandwidth = '{name}'", cell(rs, "gbit_s"), f"{r:.3f} of configured" if r else "–"])
+                target.append([f"shaping accuracy at {name}: achieved ÷ configured in [0.9, 1.05]",
+                               f"{r:.3f}" if r else "–",
+                               "met" if r is not None and 0.9 <= r <= 1.05 else "**not met**"])
+        say(table(["listener", "Gbit/s", "ratio"], rows) + "\n")
+    say("Issue 14 targets, from this run:\n")
+    say(table(["target", "measured", "status"], target) + "\n")
 
 
 def check(results):

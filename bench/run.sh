@@ -6,7 +6,7 @@
 #
 # Options: --reps N (default 3), --duration S (default 5), --out FILE (default
 # docs/benchmarks.md), --results FILE (keep the raw RESULT lines), --no-peers,
-# --sections LIST (comma list of bulk,cycles,auth,tls,idle,udp; default all),
+# --sections LIST (comma list of bulk,cycles,auth,tls,idle,udp,limits; default all),
 # --quiet-wait S (wait up to S seconds for a quiet machine before each measurement; 20).
 # Env: KUMOPROXY_BEFORE=path/to/kumoproxy.so adds a "kumoproxy-before" target built
 # from another tree, to show what a change bought within one run;
@@ -25,7 +25,7 @@ CMD="bash bench/run.sh${*:+ $*}"
 [ -n "${KUMOPROXY_BEFORE_ENV:-}" ] && CMD="KUMOPROXY_BEFORE_ENV='$KUMOPROXY_BEFORE_ENV' $CMD"
 [ -n "${KUMOPROXY_BEFORE:-}" ] && CMD="KUMOPROXY_BEFORE=$KUMOPROXY_BEFORE $CMD"
 SMOKE=0 REPS=3 DUR=5 WARM=1 QUIET=20 OUT=docs/benchmarks.md RESULTS="" PEERS=1
-SECTIONS=bulk,cycles,auth,tls,idle,udp
+SECTIONS=bulk,cycles,auth,tls,idle,udp,limits
 IDLE_COUNTS="1000 9900" STREAM_COUNTS="1 4" CONCS="1 16 64" UDP_IDLE=1000
 while [ $# -gt 0 ]; do
     case $1 in
@@ -141,6 +141,14 @@ start_ready udp_echo "$SB" udp-echo --listen 127.0.0.1:0
 UDP_ECHO_PID=$STARTED UDP_ECHO=$(ready_addr udp_echo)
 AUX="$SINK_PID,$ECHO_PID,$SINK_RW_PID,$UDP_ECHO_PID"
 
+# Fleet limits (issue 14) need a Redis: Debian's redis-server, persistence off.
+REDIS_PORT=""
+if has limits && command -v redis-server >/dev/null; then
+    REDIS_PORT=$("$SB" free-port)
+    start_port redis "$REDIS_PORT" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+        --save '' --appendonly no --dir "$tmp" || REDIS_PORT=""
+fi
+
 # --- proxies: name -> address, pid -------------------------------------------------
 declare -A ADDR PID
 targets=()
@@ -149,7 +157,8 @@ add() { ADDR[$1]=$2; PID[$1]=$3; targets+=("$1"); }
 kp_start() {  # kp_start NAME MODULE_DIR [VAR=VALUE...]
     local name=$1 dir=$2 pid line
     shift 2
-    KUMOPROXY_LOG=warn LUA_CPATH="$dir/?.so;;" start_ready "$name" \
+    KUMOPROXY_LOG=warn LUA_CPATH="$dir/?.so;;" \
+        KUMOPROXY_BENCH_REDIS=${REDIS_PORT:+redis://127.0.0.1:$REDIS_PORT/0} start_ready "$name" \
         env "$@" lua5.4 bench/kumoproxy_bench.lua "$tmp/$name.pem" || return 1
     pid=$STARTED
     line=$(grep '^READY' "$tmp/$name.out")
@@ -162,6 +171,11 @@ kp_start() {  # kp_start NAME MODULE_DIR [VAR=VALUE...]
             authcache=*) add "$name+authcache" "${kv#authcache=}" "$pid" ;;
             udp=*) add "$name+udp" "${kv#udp=}" "$pid" ;;
             pp=*) add "$name+pp" "${kv#pp=}" "$pid" ;;
+            limits=*) add "$name+limits" "${kv#limits=}" "$pid" ;;
+            fleet=*) add "$name+fleet" "${kv#fleet=}" "$pid" ;;
+            bwfar=*) add "$name+bwfar" "${kv#bwfar=}" "$pid" ;;
+            bw100m=*) add "$name+bw100m" "${kv#bw100m=}" "$pid" ;;
+            bw1g=*) add "$name+bw1g" "${kv#bw1g=}" "$pid" ;;
         esac
     done
 }
@@ -333,6 +347,28 @@ for rep in $(seq "$REPS"); do
                     sb "$t" udp --target "$UDP_ECHO" --size "$size" --associations "$n" $(via "$t")
                 done
             done
+        done
+    fi
+    if has limits; then
+        # Issue 14: conn/s with local and fleet limits against none, interleaved;
+        # the fleet runs also count Redis commands per session (INFO commandstats).
+        for c in 16 64; do
+            [ "$SMOKE" = 1 ] && c=4
+            for t in kumoproxy kumoproxy+limits kumoproxy+fleet; do
+                is_target "$t" || continue
+                redis_opt=""
+                [ "$t" = kumoproxy+fleet ] && redis_opt="--redis-port $REDIS_PORT"
+                # shellcheck disable=SC2046,SC2086
+                sb "$t" cycles --target "$ECHO" --concurrency "$c" $(via "$t") $redis_opt
+            done
+            [ "$SMOKE" = 1 ] && break
+        done
+        # Bulk, 1 stream down: no limits, a bandwidth far above the link, and
+        # two rates whose achieved / configured ratio is the shaping accuracy.
+        for t in kumoproxy kumoproxy+bwfar kumoproxy+bw1g kumoproxy+bw100m; do
+            is_target "$t" || continue
+            # shellcheck disable=SC2046
+            sb "$t" bulk --target "$SINK" --streams 1 --dir down $(via "$t")
         done
     fi
 done

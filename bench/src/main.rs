@@ -6,6 +6,8 @@
 //!   echo    --listen ADDR                       echo end for `cycles` and `idle`
 //!   bulk    --target ADDR [--proxy ADDR] --streams N --dir up|down
 //!   cycles  --target ADDR [--proxy ADDR] --concurrency N [--close-by client|server]
+//!           [--redis-port P]  (also counts the Redis commands of the window, from
+//!           `redis-cli INFO commandstats`, and reports them per cycle)
 //!   idle    --target ADDR  --proxy ADDR  --count N
 //!   udp-echo --listen ADDR                      UDP echo end for `udp` and `udp-idle`
 //!   udp     --target ADDR [--proxy ADDR] --size N --associations N [--window W]
@@ -259,6 +261,12 @@ async fn cycles(args: &Args) -> Res<()> {
         o => return Err(format!("--close-by: '{o}' is not client or server").into()),
     };
     let pre = Window::prepare(args).await;
+    // Redis commands per session (fleet limits: issue 14) are counted over the
+    // whole run, warm-up included, from before the first session starts until
+    // the proxy has ended the last one, so no session is cut at an edge.
+    let redis_port = args.get("redis-port").map(str::to_owned);
+    let redis_start = redis_port.as_deref().map(redis_commands);
+    let started = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -266,18 +274,20 @@ async fn cycles(args: &Args) -> Res<()> {
     let recording = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..conc {
-        let (cfg, stop, done, errors, rec) = (
+        let (cfg, stop, done, errors, rec, started) = (
             cfg.clone(),
             stop.clone(),
             done.clone(),
             errors.clone(),
             recording.clone(),
+            started.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
             let mut first_error: Option<String> = None;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
+                started.fetch_add(1, Ordering::Relaxed);
                 match cycle(&cfg, server_closes).await {
                     Ok(()) => {
                         if rec.load(Ordering::Relaxed) {
@@ -353,8 +363,88 @@ async fn cycles(args: &Args) -> Res<()> {
         "first_error",
         first_error.map(|e| q(&e)).unwrap_or_else(|| "null".into()),
     ));
+    if let (Some(port), Some(start)) = (&redis_port, redis_start) {
+        // Wait (up to 5 s) until the proxy has ended its last session: two
+        // reads in a row that differ only by the first read's own INFO.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut infos = 1u64; // INFO calls after `start` was read
+        let mut last = redis_commands(port);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = redis_commands(port);
+            infos += 1;
+            if now.0 == last.0 + 1 || Instant::now() > deadline {
+                last = now;
+                break;
+            }
+            last = now;
+        }
+        // Every INFO the bench sent but the last is counted in `last`.
+        let trips = last.0.saturating_sub(start.0).saturating_sub(infos);
+        let all = last.1.saturating_sub(start.1).saturating_sub(infos);
+        let sessions = started.load(Ordering::Relaxed);
+        let per = |c: u64| {
+            if sessions > 0 {
+                f(c as f64 / sessions as f64)
+            } else {
+                "null".into()
+            }
+        };
+        out.push(("redis_sessions", sessions.to_string()));
+        out.push(("redis_cmds", trips.to_string()));
+        out.push(("redis_cmds_per_conn", per(trips)));
+        out.push(("redis_cmds_in_scripts_per_conn", per(all - trips)));
+    }
     emit("cycles", out);
     Ok(())
+}
+
+/// Commands a Redis on 127.0.0.1:`port` has run so far, from `INFO
+/// commandstats` (through redis-cli, the Redis project's own client):
+/// (round trips, all). Commandstats also counts the commands a script runs
+/// inside Redis; round trips are the commands a client can send itself and
+/// that no script runs (scripts, and connection set-up).
+fn redis_commands(port: &str) -> (u64, u64) {
+    const CLIENT_SENT: &[&str] = &[
+        "eval",
+        "evalsha",
+        "eval_ro",
+        "evalsha_ro",
+        "fcall",
+        "fcall_ro",
+        "script|load",
+        "script|exists",
+        "hello",
+        "client|setinfo",
+        "client|setname",
+        "select",
+        "ping",
+        "info",
+    ];
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", port, "INFO", "commandstats"])
+        .output();
+    let Ok(out) = out else { return (0, 0) };
+    let (mut trips, mut all) = (0, 0);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((name, rest)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let Some(calls) = rest
+            .strip_prefix("calls=")
+            .and_then(|v| v.split(',').next()?.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        all += calls;
+        if CLIENT_SENT.contains(&name) {
+            trips += calls;
+        }
+    }
+    (trips, all)
 }
 
 /// One full session: connect, greeting [+ RFC 1929], CONNECT, 1-byte echo, close.

@@ -86,7 +86,8 @@ impl Config {
         let mut s = TcpStream::connect(proxy).await?;
         s.set_nodelay(true)?;
         if self.proxy_v2 {
-            s.write_all(&proxy_v2_header(s.local_addr()?, proxy)?).await?;
+            s.write_all(&proxy_v2_header(s.local_addr()?, proxy)?)
+                .await?;
         }
         let mut c = match &self.tls {
             None => Conn::Plain(s),

@@ -42,7 +42,11 @@ struct Assoc {
 }
 
 async fn associate(proxy: Option<SocketAddr>, target: SocketAddr) -> Res<Assoc> {
-    let local = if target.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+    let local = if target.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
     let sock = UdpSocket::bind(local).await?;
     let Some(proxy) = proxy else {
         sock.connect(target).await?;
@@ -85,7 +89,8 @@ async fn associate(proxy: Option<SocketAddr>, target: SocketAddr) -> Res<Assoc> 
     let mut p = [0u8; 2];
     c.read_exact(&mut p).await?;
     let ip = if ip.is_unspecified() { proxy.ip() } else { ip };
-    sock.connect(SocketAddr::new(ip, u16::from_be_bytes(p))).await?;
+    sock.connect(SocketAddr::new(ip, u16::from_be_bytes(p)))
+        .await?;
     let mut header = vec![0, 0, 0];
     match target {
         SocketAddr::V4(a) => {
@@ -119,7 +124,12 @@ pub async fn load(args: &Args) -> Res<()> {
     let mut tasks = Vec::new();
     for _ in 0..n {
         let a = associate(proxy, target).await?;
-        let (stop, echoed, lost, rec) = (stop.clone(), echoed.clone(), lost.clone(), recording.clone());
+        let (stop, echoed, lost, rec) = (
+            stop.clone(),
+            echoed.clone(),
+            lost.clone(),
+            recording.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             // The whole association, control connection included, lives in the
             // task: closing the control connection would end the association.
@@ -178,7 +188,10 @@ pub async fn load(args: &Args) -> Res<()> {
     out.push(("lost", lost.load(Ordering::Relaxed).to_string()));
     out.push(("datagrams_s", f(count as f64 / secs)));
     // Payload through the relay, both ways.
-    out.push(("gbit_s", f(count as f64 * 2.0 * size as f64 * 8.0 / secs / 1e9)));
+    out.push((
+        "gbit_s",
+        f(count as f64 * 2.0 * size as f64 * 8.0 / secs / 1e9),
+    ));
     out.push((
         "proxy_cpu_us_per_datagram",
         match proxy_cpu {
@@ -201,7 +214,10 @@ pub async fn load(args: &Args) -> Res<()> {
 pub async fn idle(args: &Args) -> Res<()> {
     let proxy: SocketAddr = args.req("proxy")?.parse()?;
     let target: SocketAddr = args.req("target")?.parse()?;
-    let pid = args.get("proxy-pid").map(|p| p.parse::<u32>()).transpose()?;
+    let pid = args
+        .get("proxy-pid")
+        .map(|p| p.parse::<u32>())
+        .transpose()?;
     let count = args.usize("count", 1000);
     let before = pid.map(measure::tree_memory);
     let mut held = Vec::with_capacity(count);
