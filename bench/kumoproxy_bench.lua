@@ -105,8 +105,9 @@ if oklim then
   end
 end
 local fleet
-if oklim and os.getenv('KUMOPROXY_BENCH_REDIS') then
-  kumoproxy.configure_redis { url = os.getenv('KUMOPROXY_BENCH_REDIS'), on_error = 'deny' }
+local redis_url = os.getenv('KUMOPROXY_BENCH_REDIS')
+if oklim and redis_url and redis_url ~= '' then
+  kumoproxy.configure_redis { url = redis_url, on_error = 'deny' }
   fleet = listener { listen = '127.0.0.1:0', timeout = timeout, limits = limits('fleet') }
 end
 

@@ -373,8 +373,10 @@ def udp_section(results, say):
         return
     say("### UDP ASSOCIATE (datagrams through the relay)\n")
     say("Each association: a control connection, UDP ASSOCIATE, then a UDP socket keeping 32 "
-        "datagrams in flight against a UDP echo (one back, one out; a datagram not back within "
-        "50 ms counts as lost and is replaced). Datagrams/s counts echoed datagrams (each crossed "
+        "datagrams in flight against a UDP echo (as many go out as came back; if none comes back "
+        "within 50 ms, those in flight count as lost and the window is sent again). Client and "
+        "echo batch with recvmmsg/sendmmsg on blocking threads, so they cost less per datagram "
+        "than the relays they measure. Datagrams/s counts echoed datagrams (each crossed "
         "the relay twice); Gbit/s is payload through the relay, both ways; proxy CPU is per "
         "datagram relayed (two per echo).\n")
     head = ["target"] + [f"{s} B × {n} assoc. dgram/s" for s, n in UDP_SHAPES] + \

@@ -6,10 +6,15 @@
 //!   udp-idle --target ADDR --proxy ADDR --count N [--hold S]
 //!
 //! `udp`: each association is a control connection plus a UDP socket connected
-//! to the relay, keeping `--window` datagrams in flight against the echo (a
-//! datagram comes back, the next goes out). A datagram not back within 50 ms is
-//! counted lost and replaced, so loss cannot stall the window. Results count
-//! echoed datagrams (each crossed the relay twice).
+//! to the relay, keeping `--window` datagrams in flight against the echo (as
+//! datagrams come back, as many go out). If none comes back within 50 ms, those
+//! in flight are counted lost and the window is sent again, so loss cannot
+//! stall it. Results count echoed datagrams (each crossed the relay twice).
+//!
+//! Both ends batch (recvmmsg/sendmmsg: one call for every datagram ready), on
+//! one blocking thread per association and one for the echo, so the load
+//! client costs far less per datagram than any relay it measures: on two
+//! cores, a client as expensive as the relay would measure itself.
 
 use crate::args::Args;
 use crate::measure::{self, Window};
@@ -21,15 +26,117 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-/// The echo end: one blocking thread, recvfrom/sendto.
+/// Datagrams one batched call moves at most.
+const BATCH: usize = 64;
+
+/// Buffers and headers for recvmmsg/sendmmsg of up to [`BATCH`] datagrams.
+struct Batch {
+    bufs: Vec<Vec<u8>>,
+    iov: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_storage>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// The raw pointers point into the Batch's own vectors, which never move.
+unsafe impl Send for Batch {}
+
+impl Batch {
+    fn new(size: usize) -> Batch {
+        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; size]).collect();
+        let iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
+        let addrs = vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; BATCH];
+        let hdrs = vec![unsafe { std::mem::zeroed::<libc::mmsghdr>() }; BATCH];
+        let mut b = Batch {
+            bufs,
+            iov,
+            addrs,
+            hdrs,
+        };
+        for i in 0..BATCH {
+            b.hdrs[i].msg_hdr.msg_iov = &mut b.iov[i];
+            b.hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        b
+    }
+
+    /// Receives up to BATCH datagrams (blocks for the first: MSG_WAITFORONE),
+    /// noting each one's length and sender. 0 on a receive timeout.
+    fn recv(&mut self, fd: i32, with_addr: bool) -> std::io::Result<usize> {
+        for i in 0..BATCH {
+            self.iov[i].iov_len = self.bufs[i].len();
+            let h = &mut self.hdrs[i].msg_hdr;
+            if with_addr {
+                h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+                h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            } else {
+                h.msg_name = std::ptr::null_mut();
+                h.msg_namelen = 0;
+            }
+        }
+        // SAFETY: hdrs point at BATCH live buffers and address slots.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Ok(0),
+                std::io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        for i in 0..n as usize {
+            self.iov[i].iov_len = self.hdrs[i].msg_len as usize;
+        }
+        Ok(n as usize)
+    }
+
+    /// Sends datagrams 0..n as they are (lengths and addresses from `recv`, or
+    /// set by the caller); retries the rest after a partial send.
+    fn send(&mut self, fd: i32, n: usize) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < n {
+            // SAFETY: as in recv; entries done..n are initialised.
+            let r =
+                unsafe { libc::sendmmsg(fd, self.hdrs[done..].as_mut_ptr(), (n - done) as u32, 0) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            done += r as usize;
+        }
+        Ok(())
+    }
+}
+
+/// The echo end: one blocking thread, recvmmsg then sendmmsg back to each sender.
 pub fn echo(args: &Args) -> Res<()> {
+    use std::os::fd::AsRawFd;
     let addr: SocketAddr = args.req("listen")?.parse()?;
     let s = std::net::UdpSocket::bind(addr)?;
     println!("READY {}", s.local_addr()?);
-    let mut buf = vec![0u8; 65_536];
+    let fd = s.as_raw_fd();
+    let mut b = Batch::new(65_536);
     loop {
-        let (n, from) = s.recv_from(&mut buf)?;
-        let _ = s.send_to(&buf[..n], from);
+        let n = b.recv(fd, true)?;
+        // Send errors (a client gone) drop that batch, as sendto's did.
+        let _ = b.send(fd, n);
     }
 }
 
@@ -122,6 +229,7 @@ pub async fn load(args: &Args) -> Res<()> {
     let lost = Arc::new(AtomicU64::new(0));
     let recording = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    let mut controls = Vec::new();
     for _ in 0..n {
         let a = associate(proxy, target).await?;
         let (stop, echoed, lost, rec) = (
@@ -130,32 +238,49 @@ pub async fn load(args: &Args) -> Res<()> {
             lost.clone(),
             recording.clone(),
         );
-        tasks.push(tokio::spawn(async move {
-            // The whole association, control connection included, lives in the
-            // task: closing the control connection would end the association.
-            let a = a;
+        // The control connection stays here (closing it ends the association);
+        // the datagrams go on a blocking thread of their own.
+        let sock = a.sock.into_std()?;
+        controls.push(a._control);
+        tasks.push(std::thread::spawn(move || -> std::io::Result<()> {
+            use std::os::fd::AsRawFd;
+            sock.set_nonblocking(false)?;
+            sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let fd = sock.as_raw_fd();
             let mut d = a.header.clone();
             d.resize(a.header.len() + size, 0x5a);
-            let mut buf = vec![0u8; 65_536];
-            for _ in 0..window {
-                a.sock.send(&d).await?;
+            let mut out = Batch::new(d.len());
+            for b in out.bufs.iter_mut() {
+                b.copy_from_slice(&d);
             }
+            let mut inb = Batch::new(65_536);
+            let window = window.max(1);
+            let mut in_flight = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                match tokio::time::timeout(Duration::from_millis(50), a.sock.recv(&mut buf)).await {
-                    Ok(r) => {
-                        if r? == d.len() && rec.load(Ordering::Relaxed) {
-                            echoed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(_) => {
-                        if rec.load(Ordering::Relaxed) {
-                            lost.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                // Fill the window, at most BATCH per call.
+                while in_flight < window {
+                    let k = (window - in_flight).min(BATCH);
+                    out.send(fd, k)?;
+                    in_flight += k;
                 }
-                a.sock.send(&d).await?;
+                let k = inb.recv(fd, false)?;
+                if k == 0 {
+                    // Nothing back within 50 ms: what was in flight is lost.
+                    if rec.load(Ordering::Relaxed) {
+                        lost.fetch_add(in_flight as u64, Ordering::Relaxed);
+                    }
+                    in_flight = 0;
+                    continue;
+                }
+                let good = (0..k)
+                    .filter(|&i| inb.hdrs[i].msg_len as usize == d.len())
+                    .count();
+                if rec.load(Ordering::Relaxed) {
+                    echoed.fetch_add(good as u64, Ordering::Relaxed);
+                }
+                in_flight = in_flight.saturating_sub(k);
             }
-            Ok::<_, std::io::Error>(())
+            Ok(())
         }));
     }
     let w = {
@@ -172,11 +297,13 @@ pub async fn load(args: &Args) -> Res<()> {
     let mut errors = 0;
     let mut first_error = None;
     for t in tasks {
-        if let Ok(Err(e)) = t.await {
+        // Each thread sees `stop` within one 50 ms receive timeout.
+        if let Ok(Err(e)) = tokio::task::block_in_place(|| t.join()) {
             errors += 1;
             first_error.get_or_insert_with(|| e.to_string());
         }
     }
+    drop(controls);
     let count = w.end.count - w.start.count;
     let secs = w.secs();
     let proxy_cpu = w.proxy_cpu();
