@@ -1,5 +1,5 @@
 //! UDP ASSOCIATE in a SOCKS5 session: the request's policy, the relay socket,
-//! the reply, then the association (server/udp.rs) for as long as the control
+//! the reply, then the association (server/udp/) for as long as the control
 //! connection stays open.
 
 use crate::egress::EgressSource;
