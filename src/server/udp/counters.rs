@@ -22,6 +22,8 @@ pub enum DropReason {
     Oversize,
     /// No socket for the destination's address family, or a failed send.
     SendError,
+    /// Over the identity's bandwidth limit (`limits`): a datagram never waits.
+    Limit,
 }
 
 /// Live counters of a listener's UDP relay (all associations), lock-free.
@@ -40,6 +42,7 @@ pub struct UdpCounters {
     pub dropped_unsolicited: AtomicU64,
     pub dropped_oversize: AtomicU64,
     pub dropped_send_error: AtomicU64,
+    pub dropped_limit: AtomicU64,
     /// Name lookups done (cache misses): a check that floods do not cause lookups.
     pub dns_lookups: AtomicU64,
     /// Refused at `max_udp_associations`.
@@ -58,6 +61,7 @@ impl UdpCounters {
             DropReason::Unsolicited => &self.dropped_unsolicited,
             DropReason::Oversize => &self.dropped_oversize,
             DropReason::SendError => &self.dropped_send_error,
+            DropReason::Limit => &self.dropped_limit,
         }
     }
 
@@ -90,6 +94,7 @@ impl UdpCounters {
             ("udp_dropped_unsolicited", l(&self.dropped_unsolicited)),
             ("udp_dropped_oversize", l(&self.dropped_oversize)),
             ("udp_dropped_send_error", l(&self.dropped_send_error)),
+            ("udp_dropped_limit", l(&self.dropped_limit)),
             ("udp_dns_lookups", l(&self.dns_lookups)),
         ]
     }

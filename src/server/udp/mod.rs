@@ -31,6 +31,7 @@
 mod config;
 mod counters;
 mod leg;
+mod limited;
 mod relay;
 mod send;
 #[cfg(test)]
@@ -38,6 +39,8 @@ mod tests;
 mod verdicts;
 
 pub use crate::host::udp::bind_udp;
+use crate::policy::limits::{Cut, SessionLimits};
+use crate::server::sessions::Bytes;
 pub use config::{UdpFilter, UdpListenerConfig, UdpPolicy, DEFAULT_IDLE_TIMEOUT};
 pub use counters::{AssociationSlot, DropReason, UdpCounters};
 use relay::Relay;
@@ -104,6 +107,11 @@ pub struct UdpAssociation {
     pub counters: Arc<UdpCounters>,
     /// Fired when the control connection closes or at shutdown.
     pub cancel: CancellationToken,
+    /// The identity's limits (issue 14), held for the association's lifetime:
+    /// datagram bytes are counted, shaped (over the rate: dropped) and metered.
+    pub limits: Option<Arc<SessionLimits>>,
+    /// The association's payload bytes each way (live sessions, access log).
+    pub bytes: Arc<Bytes>,
 }
 
 /// Why an association ended.
@@ -112,6 +120,8 @@ pub enum Ended {
     Cancelled,
     Idle,
     Error(io::Error),
+    /// The identity's quota ran out.
+    Cut(Cut),
 }
 
 /// Releases the `associations_active` slot however the task ends.

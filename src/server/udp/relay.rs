@@ -3,6 +3,7 @@
 
 use super::leg::*;
 use super::*;
+use crate::policy::limits::Dir;
 use crate::policy::permissions::canonical;
 use crate::proto::socks5::TargetAddr;
 use crate::proto::socks5_udp::{self, UdpHeaderError, MAX_IP_HEADER};
@@ -10,6 +11,7 @@ use quinn_udp::RecvMeta;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +57,8 @@ pub(super) struct Cfg {
     pub(super) resolve_timeout: Duration,
     pub(super) counters: Arc<UdpCounters>,
     pub(super) cancel: CancellationToken,
+    pub(super) limits: Option<Arc<SessionLimits>>,
+    pub(super) bytes: Arc<Bytes>,
 }
 
 pub(super) struct Relay {
@@ -76,6 +80,10 @@ pub(super) struct Relay {
     pub(super) last_activity: Instant,
     /// DropReason reasons already logged for this association (log once, count all).
     pub(super) logged: u8,
+    /// Set when the quota ran out on a datagram: the association ends.
+    pub(super) cut: Option<Cut>,
+    /// A fleet quota chunk is being fetched in the background (at most one).
+    pub(super) refilling: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -92,6 +100,8 @@ impl Relay {
             resolve_timeout,
             counters,
             cancel,
+            limits,
+            bytes,
         } = a;
         let (direct, upstream) = match outbound {
             Outbound::Direct { source } => (Some(source), None),
@@ -110,6 +120,8 @@ impl Relay {
                 resolve_timeout,
                 counters,
                 cancel,
+                limits,
+                bytes,
             },
             client: Leg::new(socket)?,
             client_port,
@@ -126,6 +138,8 @@ impl Relay {
             gso_buf: Vec::new(),
             last_activity: Instant::now(),
             logged: 0,
+            cut: None,
+            refilling: Arc::default(),
         })
     }
 
@@ -185,7 +199,11 @@ impl Relay {
             if let (_, Err(e)) = which {
                 return Ended::Error(e);
             }
-            if let Err(e) = self.service(which.0).await {
+            let serviced = self.service(which.0).await;
+            if let Some(c) = self.cut.take() {
+                return Ended::Cut(c);
+            }
+            if let Err(e) = serviced {
                 if which.0 == LegId::Client {
                     return Ended::Error(e);
                 }
@@ -299,6 +317,9 @@ impl Relay {
             if let Err(d) = self.check_unresolved(&target) {
                 return self.log_drop(d, 1, || format!("to {:?} refused", target.to_string()));
             }
+            if !self.permit(Dir::Up, payload) {
+                return;
+            }
             if let TargetAddr::Ip(a) = &target {
                 self.remember_peer(a.ip());
             }
@@ -329,6 +350,9 @@ impl Relay {
                     if to.is_ipv4() { "IPv4" } else { "IPv6" }
                 )
             });
+        }
+        if !self.permit(Dir::Up, payload) {
+            return;
         }
         self.remember_peer(to.ip());
         self.pending.push(Pending {
@@ -366,6 +390,9 @@ impl Relay {
             });
         }
         let payload = e - s;
+        if !self.permit(Dir::Down, payload) {
+            return;
+        }
         let target = TargetAddr::Ip(from);
         if first {
             // In place: the slot has headroom in front of its first datagram.
@@ -419,6 +446,10 @@ impl Relay {
                 });
             }
         }
+        let payload = e - s - hlen;
+        if !self.permit(Dir::Down, payload) {
+            return;
+        }
         self.area[s] = 0;
         self.area[s + 1] = 0;
         self.pending.push(Pending {
@@ -427,7 +458,7 @@ impl Relay {
             start: s,
             end: e,
             extra: false,
-            payload: e - s - hlen,
+            payload,
         });
     }
 

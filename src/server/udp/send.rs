@@ -3,6 +3,7 @@
 use super::leg::*;
 use super::relay::*;
 use super::*;
+use crate::policy::limits::Dir;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -91,6 +92,12 @@ impl Relay {
         payload: u64,
         r: io::Result<()>,
     ) {
+        let dir = if leg == LegId::Client {
+            Dir::Down
+        } else {
+            Dir::Up
+        };
+        self.account_limits(dir, payload, r.is_ok());
         let c = &self.a.counters;
         match r {
             Ok(()) if leg == LegId::Client => {

@@ -88,6 +88,8 @@ fn start(o: Opts) -> Assoc {
         resolve_timeout: WAIT,
         counters: counters.clone(),
         cancel: cancel.clone(),
+        limits: None,
+        bytes: Arc::default(),
     };
     Assoc {
         relay,
