@@ -129,3 +129,59 @@ fn refill(l: &Arc<SessionLimits>, dir: Dir, refilling: &Arc<AtomicBool>) -> Resu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::limits::{limiter, LimitsSpec, Raw};
+
+    fn spec(key: &str, value: &str) -> Arc<LimitsSpec> {
+        let e = [(key.to_string(), Raw::Str(value.into()))];
+        Arc::new(LimitsSpec::from_entries(&e).unwrap())
+    }
+
+    async fn admit(key: &str, spec: &Arc<LimitsSpec>) -> Arc<SessionLimits> {
+        Arc::new(limiter().admit(key, spec).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn datagrams_across_quota_chunks_go_whole_and_are_counted() {
+        // 64 MiB/hour: chunks of 256 KiB, which 1,000-byte datagrams straddle.
+        let sp = spec("quota", "64 MiB/hour");
+        let l = admit("udp-unit-chunks", &sp).await;
+        let flag = Arc::default();
+        let n = 3 * 256 * 1024 / 1000 + 1;
+        for _ in 0..n {
+            assert!(take_whole(&l, Dir::Up, 1000, &flag).unwrap());
+            l.record(Dir::Up, 1000, 1000);
+        }
+        let st = limiter().stats("udp-unit-chunks", &sp).await.unwrap();
+        assert_eq!(st.bytes_up, n as u64 * 1000);
+    }
+
+    #[tokio::test]
+    async fn a_used_up_quota_cuts() {
+        let sp = spec("quota", "5000 bytes/hour");
+        let l = admit("udp-unit-cut", &sp).await;
+        let flag = Arc::default();
+        for _ in 0..5 {
+            assert!(take_whole(&l, Dir::Down, 1000, &flag).unwrap());
+            l.record(Dir::Down, 1000, 1000);
+        }
+        let cut = take_whole(&l, Dir::Down, 1000, &flag).unwrap_err();
+        assert!(cut.reason.contains("quota used up"), "{cut}");
+    }
+
+    #[tokio::test]
+    async fn over_the_bandwidth_is_dropped_whole_and_given_back() {
+        // 10 KB/s: a bucket of 500 bytes. 600 cannot go; what it was partly
+        // granted goes back, so 400 still can.
+        let sp = spec("bandwidth", "10 KB/s");
+        let l = admit("udp-unit-shaped", &sp).await;
+        let flag = Arc::default();
+        assert!(!take_whole(&l, Dir::Up, 600, &flag).unwrap());
+        assert!(take_whole(&l, Dir::Up, 400, &flag).unwrap());
+        // The other direction has its own bucket.
+        assert!(take_whole(&l, Dir::Down, 500, &flag).unwrap());
+    }
+}
