@@ -79,7 +79,7 @@ describe('udp listener parameters', function()
     for _, k in ipairs { 'udp_associations_active', 'udp_associations_total', 'udp_datagrams_to_remote',
       'udp_bytes_to_remote', 'udp_datagrams_to_client', 'udp_bytes_to_client', 'udp_dropped_malformed',
       'udp_dropped_fragmented', 'udp_dropped_foreign_source', 'udp_dropped_denied',
-      'udp_dropped_unsolicited', 'udp_dropped_oversize', 'udp_associations_refused' } do
+      'udp_dropped_unsolicited', 'udp_dropped_oversize', 'udp_dropped_limit', 'udp_associations_refused' } do
       assert.are.equal(0, s[k], k)
     end
     l:close()

@@ -156,6 +156,7 @@ fn help(stat: &str) -> &'static str {
         "udp_dropped_unsolicited" => "Replies dropped: from an address the client has not sent to",
         "udp_dropped_oversize" => "Datagrams dropped: larger than the path carries",
         "udp_dropped_send_error" => "Datagrams dropped: no socket for the family, or send failed",
+        "udp_dropped_limit" => "Datagrams dropped: over the identity's bandwidth limit",
         "udp_dns_lookups" => "Name lookups by UDP associations (cache misses)",
         _ => "Listener counter",
     }

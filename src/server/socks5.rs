@@ -240,6 +240,7 @@ pub(crate) async fn handle(
                     &auth,
                     meta,
                     shared,
+                    trace,
                 ))
                 .await;
             }

@@ -1,14 +1,16 @@
 //! UDP ASSOCIATE in a SOCKS5 session: the request's policy, the relay socket,
-//! the reply, then the association (server/udp.rs) for as long as the control
+//! the reply, then the association (server/udp/) for as long as the control
 //! connection stays open.
 
 use crate::egress::EgressSource;
 use crate::host::udp::bind_udp;
 use crate::policy::events::RequestInfo;
 use crate::policy::identity::{AuthInfo, ConnMeta};
+use crate::policy::limits;
 use crate::policy::permissions::{self, Permissions};
 use crate::policy::request::Refusal;
 use crate::proto::socks5::{self, reply, Reply, TargetAddr};
+use crate::server::accounting::Trace;
 use crate::server::config::Shared;
 use crate::server::error::SessionError;
 use crate::server::udp::{Ended, Outbound, UdpAssociation, UdpPolicy};
@@ -115,6 +117,11 @@ async fn closed<S: AsyncRead + Unpin>(io: &mut S) {
     }
 }
 
+/// What an association is listed as among live sessions and in the access log.
+pub const PROTOCOL: &str = "socks5-udp";
+/// Its destination there: each datagram names its own.
+pub const ANY_DESTINATION: &str = "*";
+
 /// UDP ASSOCIATE on an authenticated session; returns when the association ends.
 pub async fn associate<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: S,
@@ -122,6 +129,7 @@ pub async fn associate<S: AsyncRead + AsyncWrite + Unpin>(
     auth: &Arc<AuthInfo>,
     meta: &Arc<ConnMeta>,
     shared: &Shared,
+    trace: &mut Trace,
 ) -> Result<(), SessionError> {
     let t = shared.config.timeout;
     let Some(cfg) = &shared.config.udp else {
@@ -147,6 +155,26 @@ pub async fn associate<S: AsyncRead + AsyncWrite + Unpin>(
                 SessionError::Refused(r.reason)
             });
         }
+    };
+    // Limits as for CONNECT: one session (its lease held while the association
+    // lives), one connect for connect_rate, refused with 0x02 before any socket.
+    let limits = if limits::applies(auth.own_limits(), shared.config.limits.as_ref()) {
+        match limits::admit_session(
+            auth.own_limits(),
+            auth.limit_key(),
+            shared.config.limits.as_ref(),
+            meta.peer.0.ip(),
+        )
+        .await
+        {
+            Ok(l) => l.map(Arc::from),
+            Err((key, r)) => {
+                send_reply(&mut io, &Reply::failure(reply::NOT_ALLOWED), t).await?;
+                return Err(SessionError::Limited(r.describe(&key)));
+            }
+        }
+    } else {
+        None
     };
     // On the address the client reached us at, never the wildcard: the reply
     // must name an address the client can send to.
@@ -204,47 +232,68 @@ pub async fn associate<S: AsyncRead + AsyncWrite + Unpin>(
         auth.summary()
     );
     tracing::debug!("{label}: started, client said {client}");
-    let assoc = UdpAssociation {
-        label: label.clone(),
-        client_ip: meta.peer.0.ip(),
-        client_port: match client.port() {
-            0 => None,
-            p => Some(p),
-        },
-        socket,
-        outbound,
-        policy: Arc::new(Rules {
-            listener: shared.config.permissions.clone(),
-            user: auth.permissions.clone(),
-        }),
-        filter: cfg.filter,
-        idle_timeout: cfg.idle_timeout,
-        resolve_timeout: t,
-        counters: shared.udp.clone(),
-        cancel: shared.abort.child_token(),
-    };
-    let upstream_closed = async {
-        match &mut upstream_control {
-            Some(c) => closed(c).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        ended = assoc.run() => match ended {
-            Ended::Idle | Ended::Cancelled => {
-                tracing::debug!("{label}: ended ({ended:?})");
-                Ok(())
-            }
-            Ended::Error(e) => Err(SessionError::Io("relaying datagrams", e)),
-        },
-        _ = closed(&mut io) => {
-            tracing::debug!("{label}: control connection closed");
+    trace.protocol = PROTOCOL;
+    trace.destination = Some(ANY_DESTINATION.to_string());
+    trace.egress = plan.egress.as_ref().map(|e| e.name.clone());
+    let policy = Arc::new(Rules {
+        listener: shared.config.permissions.clone(),
+        user: auth.permissions.clone(),
+    });
+    // The relay's own outcome, which `relay_listed` (io::Result) cannot carry.
+    let mut outcome: Option<SessionError> = None;
+    let relay = |bytes| {
+        let assoc = UdpAssociation {
+            label: label.clone(),
+            client_ip: meta.peer.0.ip(),
+            client_port: match client.port() {
+                0 => None,
+                p => Some(p),
+            },
+            socket,
+            outbound,
+            policy,
+            filter: cfg.filter,
+            idle_timeout: cfg.idle_timeout,
+            resolve_timeout: t,
+            counters: shared.udp.clone(),
+            cancel: shared.abort.child_token(),
+            limits,
+            bytes,
+        };
+        let outcome = &mut outcome;
+        let label = &label;
+        async move {
+            let upstream_closed = async {
+                match &mut upstream_control {
+                    Some(c) => closed(c).await,
+                    None => std::future::pending().await,
+                }
+            };
+            *outcome = tokio::select! {
+                ended = assoc.run() => match ended {
+                    Ended::Idle | Ended::Cancelled => {
+                        tracing::debug!("{label}: ended ({ended:?})");
+                        None
+                    }
+                    // As a CONNECT relay cut by its quota: the session warns why.
+                    Ended::Cut(c) => Some(SessionError::Relay(std::io::Error::other(c))),
+                    Ended::Error(e) => Some(SessionError::Io("relaying datagrams", e)),
+                },
+                _ = closed(&mut io) => {
+                    tracing::debug!("{label}: control connection closed");
+                    None
+                }
+                _ = upstream_closed => Some(SessionError::Refused(format!(
+                    "{label}: the upstream proxy closed its control connection"
+                ))),
+            };
             Ok(())
         }
-        _ = upstream_closed => Err(SessionError::Refused(format!(
-            "{label}: the upstream proxy closed its control connection"
-        ))),
-    }
+    };
+    crate::server::accounting::relay_listed(shared, meta, trace, relay)
+        .await
+        .map_err(SessionError::Relay)?;
+    outcome.map_or(Ok(()), Err)
 }
 
 /// Direct: from `source` when given (and then only to its address family).
