@@ -58,9 +58,9 @@ impl Trace {
     }
 
     /// The outbound connection is up: where it went and from where.
-    pub fn connected(&mut self, remote: &tokio::net::TcpStream, egress: Option<&str>) {
-        self.connected = remote.peer_addr().ok();
-        self.source = remote.local_addr().ok();
+    pub fn connected(&mut self, peer: SocketAddr, local: SocketAddr, egress: Option<&str>) {
+        self.connected = Some(peer);
+        self.source = Some(local);
         self.egress = egress.map(str::to_string);
     }
 }

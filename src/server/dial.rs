@@ -21,7 +21,7 @@ pub(crate) async fn connect(
     source: Option<IpAddr>,
     t: Duration,
     shared: &Shared,
-) -> Result<TcpStream, SessionError> {
+) -> Result<(TcpStream, SocketAddr), SessionError> {
     let fail = |code: u8, reason: String| SessionError::Connect {
         target: target.to_string(),
         code,
@@ -80,7 +80,7 @@ pub(crate) async fn connect(
                         &shared.config.keepalive,
                         "remote socket",
                     );
-                    return Ok(stream);
+                    return Ok((stream, addr));
                 }
                 Err(e) => {
                     tracing::debug!("connect to {addr} failed: {e}");
@@ -107,10 +107,16 @@ fn new_socket(addr: SocketAddr, source: Option<SocketAddr>) -> io::Result<TcpSoc
     Ok(sock)
 }
 
-/// A connected destination, and the address to report as bound.
+/// A connected destination, the address to report as bound, and both ends of
+/// the outbound TCP connection (for the access log), known without asking the
+/// kernel again.
 pub(crate) struct Dialed {
     pub stream: EgressStream,
     pub bound: SocketAddr,
+    /// Our end of the outbound TCP connection.
+    pub local: SocketAddr,
+    /// Its peer: the destination, or the upstream proxy.
+    pub peer: SocketAddr,
 }
 
 /// Connects a checked plan (see `policy::plan_connect`) for any front-end:
@@ -199,6 +205,8 @@ async fn dial_only(
                 Dialed {
                     stream: up.stream,
                     bound,
+                    local: up.local,
+                    peer: up.peer,
                 },
                 destination,
             ));
@@ -210,21 +218,18 @@ async fn dial_only(
         // The policy's source address replaces a BIND-chosen one.
         bound = None;
     }
-    let remote = connect(&plan.target, &plan.addrs, bound, source, timeout, shared).await?;
+    let (remote, peer) = connect(&plan.target, &plan.addrs, bound, source, timeout, shared).await?;
     let bound = remote
         .local_addr()
         .map_err(|e| SessionError::Io("reading bound address", e))?;
-    // Only a PROXY header names it: no getpeername(2) per session otherwise.
-    let destination = match plan.send_proxy {
-        Some(_) => remote.peer_addr().ok(),
-        None => None,
-    };
     Ok((
         Dialed {
             stream: EgressStream::Plain(remote),
             bound,
+            local: bound,
+            peer,
         },
-        destination,
+        Some(peer),
     ))
 }
 

@@ -298,7 +298,8 @@ pub async fn handle(
     let remote = match crate::server::dial::dial(&plan, None, shared).await {
         Ok(d) => {
             trace.connected(
-                d.stream.tcp(),
+                d.peer,
+                d.local,
                 plan.egress.as_ref().map(|e| e.name.as_str()),
             );
             d.stream

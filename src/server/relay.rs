@@ -13,6 +13,7 @@
 //! other (half-close propagates); an error on either side ends both. The relay ends
 //! when nothing moved in either direction for the listener's `timeout`.
 
+use crate::policy::limits::{Cut, Dir, SessionLimits};
 use crate::server::config::Shared;
 use crate::server::sessions::Bytes;
 use std::io;
@@ -55,19 +56,84 @@ impl Activity {
     }
 }
 
+/// One direction of a session with `limits` (issue 14): what it asks before
+/// moving bytes, and where it accounts them. Sessions without limits have none
+/// and never ask.
+#[derive(Clone, Copy)]
+pub(super) struct Meter<'a> {
+    limits: &'a SessionLimits,
+    dir: Dir,
+}
+
+/// A quota cut as the relay's error; the session's log line says why.
+pub(super) fn cut(c: Cut) -> io::Error {
+    io::Error::other(c)
+}
+
+impl<'a> Meter<'a> {
+    pub(super) fn new(limits: &'a SessionLimits, dir: Dir) -> Self {
+        Meter { limits, dir }
+    }
+
+    /// How many of `want` bytes may go now without waiting (maybe 0).
+    fn grant_now(&self, want: usize) -> io::Result<usize> {
+        if !self.limits.meters_bytes() {
+            return Ok(want);
+        }
+        Ok(self
+            .limits
+            .try_permit(self.dir, want)
+            .map_err(cut)?
+            .unwrap_or(0))
+    }
+
+    /// How many of `want` bytes may go, waiting for the shaper or a quota chunk.
+    pub(super) async fn grant(&self, want: usize) -> io::Result<usize> {
+        if !self.limits.meters_bytes() {
+            return Ok(want);
+        }
+        self.limits.permit(self.dir, want).await.map_err(cut)
+    }
+
+    /// `moved` of `granted` bytes went; metered sessions get the rest back.
+    pub(super) fn done(&self, granted: usize, moved: usize) {
+        if self.limits.meters_bytes() {
+            self.limits.record(self.dir, granted, moved);
+        } else {
+            self.limits.count(self.dir, moved as u64);
+        }
+    }
+}
+
 /// Relays until both directions reach EOF, an error, or the idle timeout.
 /// `early` holds client bytes that arrived with the handshake; they go first.
 pub async fn relay(
+    client: TcpStream,
+    remote: TcpStream,
+    early: &[u8],
+    shared: &Shared,
+    session: &Bytes,
+) -> io::Result<()> {
+    relay_plain(client, remote, early, shared, session, None).await
+}
+
+/// `relay`, for a session with `limits` too: the same copy-then-splice path,
+/// asking the limits before each write (`relay_limited` for the rest).
+pub(super) async fn relay_plain(
     client: TcpStream,
     mut remote: TcpStream,
     early: &[u8],
     shared: &Shared,
     session: &Bytes,
+    limits: Option<&SessionLimits>,
 ) -> io::Result<()> {
     let stats = &shared.stats;
     if !early.is_empty() {
         remote.write_all(early).await?;
         count(&stats.bytes_to_remote, &session.up, early.len());
+        if let Some(l) = limits {
+            l.count(Dir::Up, early.len() as u64);
+        }
     }
     #[cfg(target_os = "linux")]
     if shared.config.use_splice {
@@ -75,10 +141,12 @@ pub async fn relay(
         let to_remote = (&stats.bytes_to_remote, &session.up);
         let to_client = (&stats.bytes_to_client, &session.down);
         let ended = std::sync::atomic::AtomicBool::new(false);
+        let up = limits.map(|l| Meter::new(l, Dir::Up));
+        let down = limits.map(|l| Meter::new(l, Dir::Down));
         let both = async {
             tokio::try_join!(
-                splice::one_way(&client, &remote, to_remote, &activity, &ended),
-                splice::one_way(&remote, &client, to_client, &activity, &ended),
+                splice::one_way(&client, &remote, to_remote, &activity, &ended, up),
+                splice::one_way(&remote, &client, to_client, &activity, &ended, down),
             )
         };
         return tokio::select! {
@@ -271,7 +339,7 @@ pub(super) fn ignore_not_connected(e: io::Error) -> io::Result<()> {
 
 #[cfg(target_os = "linux")]
 pub(super) mod splice {
-    use super::{ignore_not_connected, Activity};
+    use super::{ignore_not_connected, Activity, Meter};
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -376,8 +444,9 @@ pub(super) mod splice {
         WouldBlock,
     }
 
-    /// One recv from `src` and as much of it as `dst` takes now, without waiting.
-    fn copy_step(src: &TcpStream, dst: &TcpStream) -> io::Result<Step> {
+    /// One recv from `src` and as much of it as `dst` takes (and the limits
+    /// allow) now, without waiting.
+    fn copy_step(src: &TcpStream, dst: &TcpStream, meter: Option<Meter<'_>>) -> io::Result<Step> {
         // Uninitialised: zeroing 16 KiB per call cost more than the whole
         // session's own code (callgrind). recv writes the first n bytes, and
         // only those are read.
@@ -409,38 +478,69 @@ pub(super) mod splice {
         };
         // SAFETY: recv initialised the first n bytes (n <= COPY_CHUNK).
         let buf: &[u8] = unsafe { std::slice::from_raw_parts(ptr, n) };
+        let granted = match &meter {
+            None => n,
+            Some(m) => m.grant_now(n)?,
+        };
         let mut off = 0;
-        while off < n {
-            match dst.try_write(&buf[off..n]) {
+        let mut res = Ok(());
+        while off < granted {
+            match dst.try_write(&buf[off..granted]) {
                 Ok(m) => off += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Step::Partial(off, buf[off..n].to_vec()))
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    res = Err(e);
+                    break;
                 }
-                Err(e) => return Err(e),
             }
+        }
+        if let Some(m) = &meter {
+            m.done(granted, off);
+        }
+        res?;
+        if off < n {
+            // A full send buffer, or the limits allow no more now.
+            return Ok(Step::Partial(off, buf[off..n].to_vec()));
         }
         Ok(Step::Copied(n))
     }
 
-    /// Writes what a copy step could not, waiting for `dst`; returns its length.
+    /// Writes what a copy step could not, waiting for `dst` (and the limits);
+    /// returns its length.
     async fn write_rest(
         dst: &TcpStream,
         rest: Vec<u8>,
         counter: (&AtomicU64, &AtomicU64),
         activity: &Activity,
+        meter: Option<Meter<'_>>,
     ) -> io::Result<usize> {
         let mut left = &rest[..];
         while !left.is_empty() {
-            dst.writable().await?;
-            match dst.try_write(left) {
-                Ok(m) => {
-                    left = &left[m..];
-                    super::count(counter.0, counter.1, m);
-                    activity.touch();
+            let granted = match &meter {
+                None => left.len(),
+                Some(m) => m.grant(left.len()).await?,
+            };
+            let mut sent = 0;
+            while sent < granted {
+                if let Err(e) = dst.writable().await {
+                    meter.inspect(|m| m.done(granted, sent));
+                    return Err(e);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                match dst.try_write(&left[sent..granted]) {
+                    Ok(m) => {
+                        sent += m;
+                        super::count(counter.0, counter.1, m);
+                        activity.touch();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        meter.inspect(|m| m.done(granted, sent));
+                        return Err(e);
+                    }
+                }
             }
+            meter.inspect(|m| m.done(granted, granted));
+            left = &left[granted..];
         }
         Ok(rest.len())
     }
@@ -464,12 +564,13 @@ pub(super) mod splice {
         counter: (&AtomicU64, &AtomicU64),
         activity: &Activity,
         ended: &AtomicBool,
+        meter: Option<Meter<'_>>,
     ) -> io::Result<()> {
         // Copy phase: short flows end here without a pipe (see SPLICE_AFTER).
         let mut copied: u64 = 0;
         while copied < SPLICE_AFTER {
             src.readable().await?;
-            let (written, rest) = match copy_step(src, dst)? {
+            let (written, rest) = match copy_step(src, dst, meter)? {
                 Step::WouldBlock => continue,
                 Step::Eof => {
                     return half_close(dst, ended);
@@ -485,7 +586,7 @@ pub(super) mod splice {
             if !rest.is_empty() {
                 // Rare (a full send buffer): boxed, so this state does not
                 // grow every relay's future.
-                copied += Box::pin(write_rest(dst, rest, counter, activity)).await? as u64;
+                copied += Box::pin(write_rest(dst, rest, counter, activity, meter)).await? as u64;
             }
         }
         // Splice phase: this flow is bulk. The pool is looked up only now.
@@ -512,19 +613,35 @@ pub(super) mod splice {
             };
             let mut left = n;
             while left > 0 {
-                dst.writable().await?;
-                match dst.try_io(Interest::WRITABLE, || {
-                    splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), left)
-                }) {
-                    Ok(m) => {
-                        left -= m;
-                        super::count(counter.0, counter.1, m);
-                        activity.touch();
+                // Sessions with limits ask how much may go (the pipe holds the rest).
+                let granted = match &meter {
+                    None => left,
+                    Some(m) => m.grant(left).await?,
+                };
+                let mut part = granted;
+                while part > 0 {
+                    let r = match dst.writable().await {
+                        Ok(()) => dst.try_io(Interest::WRITABLE, || {
+                            splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), part)
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(m) => {
+                            part -= m;
+                            left -= m;
+                            super::count(counter.0, counter.1, m);
+                            activity.touch();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // `pipe` still holds bytes: dropping it closes it.
+                        Err(e) => {
+                            meter.inspect(|m| m.done(granted, granted - part));
+                            return Err(e);
+                        }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // `pipe` still holds bytes: dropping it closes it.
-                    Err(e) => return Err(e),
                 }
+                meter.inspect(|m| m.done(granted, granted));
             }
             pool.give_back(pipe);
         }
@@ -597,5 +714,60 @@ mod tests {
         // The session's own counters (access log, live sessions) agree.
         assert_eq!(session.up.load(Ordering::Relaxed), (len + 5) as u64);
         assert_eq!(session.down.load(Ordering::Relaxed), 5);
+    }
+
+    /// A session with limits takes the same copy-then-splice path: every byte
+    /// arrives, the limits count each one, and a quota far above the flow
+    /// neither cuts nor loses anything at the switch to splice.
+    #[tokio::test]
+    async fn metered_copy_then_splice_counts_every_byte() {
+        use crate::policy::limits::{limiter, LimitsSpec, Raw};
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_remote, mut remote) = pair().await;
+        let e = [
+            ("quota".to_string(), Raw::Str("10 GB/day".into())),
+            ("bandwidth".to_string(), Raw::Str("10 GB/s".into())),
+        ];
+        let spec = std::sync::Arc::new(LimitsSpec::from_entries(&e).unwrap());
+        let limits = limiter().admit("relay-unit-metered", &spec).await.unwrap();
+        let a: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let shared = crate::server::listener::Shared::new(
+            crate::server::listener::Config::new(a),
+            a,
+            std::sync::Arc::new(crate::host::pump::Pump::new().unwrap()),
+        );
+        let len = 4 * splice::SPLICE_AFTER as usize + 777;
+        let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+        let session = Bytes::default();
+        let relay = relay_plain(
+            proxy_client,
+            proxy_remote,
+            b"hi",
+            &shared,
+            &session,
+            Some(&limits),
+        );
+        let far = async {
+            let mut got = Vec::new();
+            remote.read_to_end(&mut got).await.unwrap();
+            remote.write_all(&got[..1000]).await.unwrap();
+            remote.shutdown().await.unwrap();
+            got
+        };
+        let near = async {
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        };
+        let (r, got, back) = tokio::join!(relay, far, near);
+        r.unwrap();
+        assert!(got[2..] == data[..], "payload differs");
+        assert_eq!(back.len(), 1000);
+        drop(limits);
+        let st = limiter().stats("relay-unit-metered", &spec).await.unwrap();
+        assert_eq!(st.bytes_up, (len + 2) as u64);
+        assert_eq!(st.bytes_down, 1000);
     }
 }

@@ -1,13 +1,13 @@
-//! The relay of a session with `limits` (see `policy::limits`): the same splice
-//! and userspace paths as `relay.rs`, plus accounting, and for sessions that
-//! shape or meter bytes (bandwidth, quota) a question before each write: how much
-//! may go now ([`SessionLimits::try_permit`], atomics only; rarely a timer or a
-//! quota chunk, boxed). A separate copy of the loops so that sessions without
-//! limits keep exactly the relay, and the future size, they had. Callers box
-//! [`relay_any_limited`].
+//! The relay of a session with `limits` (see `policy::limits`): accounting, and
+//! for sessions that shape or meter bytes (bandwidth, quota) a question before
+//! each write: how much may go now ([`SessionLimits::try_permit`], atomics only;
+//! rarely a timer or a quota chunk, boxed). Plain TCP with splice goes through
+//! `relay.rs`'s copy-then-splice path with a [`Meter`]; the userspace copy for
+//! TLS and `use_splice = false` is here, so sessions without limits keep the
+//! future size they had. Callers box [`relay_any_limited`].
 
-use super::relay::{ignore_not_connected, Activity};
-use crate::policy::limits::{Cut, Dir, SessionLimits};
+use super::relay::{ignore_not_connected, Activity, Meter};
+use crate::policy::limits::{Dir, SessionLimits};
 use crate::server::config::Shared;
 use crate::server::relay::count;
 use crate::server::sessions::Bytes;
@@ -15,31 +15,6 @@ use std::io;
 use std::sync::atomic::AtomicU64;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A quota cut as the relay's error; the session's log line says why.
-fn cut(c: Cut) -> io::Error {
-    io::Error::other(c)
-}
-
-/// How many of `want` bytes may go now (all of them unless shaped or metered).
-async fn permit(l: &SessionLimits, dir: Dir, want: usize) -> io::Result<usize> {
-    if !l.meters_bytes() {
-        return Ok(want);
-    }
-    match l.try_permit(dir, want).map_err(cut)? {
-        Some(n) => Ok(n),
-        None => Box::pin(l.permit_slow(dir, want)).await.map_err(cut),
-    }
-}
-
-/// Accounts `moved` of `permitted` bytes (metered sessions give the rest back).
-fn record(l: &SessionLimits, dir: Dir, permitted: usize, moved: usize) {
-    if l.meters_bytes() {
-        l.record(dir, permitted, moved);
-    } else {
-        l.count(dir, moved as u64);
-    }
-}
 
 /// `relay_any` for a session with limits, which it owns until the relay ends.
 pub async fn relay_any_limited(
@@ -81,24 +56,13 @@ async fn relay(
     session: &Bytes,
     l: &SessionLimits,
 ) -> io::Result<()> {
-    write_early(&mut remote, early, shared, session, l).await?;
-    let stats = &shared.stats;
+    // Splice: the unlimited relay's own copy-then-splice path, asking first.
     #[cfg(target_os = "linux")]
     if shared.config.use_splice {
-        let activity = Activity::new();
-        let to_remote = (&stats.bytes_to_remote, &session.up);
-        let to_client = (&stats.bytes_to_client, &session.down);
-        let both = async {
-            tokio::try_join!(
-                splice_one_way(&client, &remote, to_remote, &activity, l, Dir::Up),
-                splice_one_way(&remote, &client, to_client, &activity, l, Dir::Down),
-            )
-        };
-        return tokio::select! {
-            r = both => r.map(|_| ()),
-            r = activity.watchdog(shared.config.timeout) => r,
-        };
+        return super::relay::relay_plain(client, remote, early, shared, session, Some(l)).await;
     }
+    write_early(&mut remote, early, shared, session, l).await?;
+    let stats = &shared.stats;
     let (mut client, mut remote) = (client, remote);
     let activity = Activity::new();
     let (mut cr, mut cw) = client.split();
@@ -196,81 +160,16 @@ where
             w.shutdown().await.or_else(ignore_not_connected)?;
             return Ok(());
         }
+        let meter = Meter::new(l, dir);
         let mut off = 0;
         while off < n {
-            let ok = permit(l, dir, n - off).await?;
+            let ok = meter.grant(n - off).await?;
             let res = w.write_all(&buf[off..off + ok]).await;
-            record(l, dir, ok, if res.is_ok() { ok } else { 0 });
+            meter.done(ok, if res.is_ok() { ok } else { 0 });
             res?;
             off += ok;
             count(counter.0, counter.1, ok);
             activity.touch();
         }
-    }
-}
-
-/// splice(2) socket -> pipe -> socket; the pipe -> socket half asks first.
-#[cfg(target_os = "linux")]
-async fn splice_one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    counter: (&AtomicU64, &AtomicU64),
-    activity: &Activity,
-    l: &SessionLimits,
-    dir: Dir,
-) -> io::Result<()> {
-    use super::relay::splice::{splice, PIPE_SIZE};
-    use std::os::fd::AsRawFd;
-    use tokio::io::Interest;
-    let pool = super::relay::pipes();
-    loop {
-        src.readable().await?;
-        let pipe = pool.take()?;
-        let n = match src.try_io(Interest::READABLE, || {
-            splice(src.as_raw_fd(), pipe.w.as_raw_fd(), PIPE_SIZE)
-        }) {
-            Ok(0) => {
-                pool.give_back(pipe);
-                socket2::SockRef::from(dst)
-                    .shutdown(std::net::Shutdown::Write)
-                    .or_else(ignore_not_connected)?;
-                return Ok(());
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                pool.give_back(pipe);
-                continue;
-            }
-            Err(e) => {
-                pool.give_back(pipe);
-                return Err(e);
-            }
-        };
-        let mut left = n;
-        while left > 0 {
-            let allowed = permit(l, dir, left).await?;
-            let mut part = allowed;
-            while part > 0 {
-                dst.writable().await?;
-                match dst.try_io(Interest::WRITABLE, || {
-                    splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), part)
-                }) {
-                    Ok(m) => {
-                        part -= m;
-                        left -= m;
-                        count(counter.0, counter.1, m);
-                        activity.touch();
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // `pipe` still holds bytes: dropping it closes it.
-                    Err(e) => {
-                        record(l, dir, allowed, allowed - part);
-                        return Err(e);
-                    }
-                }
-            }
-            record(l, dir, allowed, allowed);
-        }
-        pool.give_back(pipe);
     }
 }

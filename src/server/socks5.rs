@@ -211,7 +211,8 @@ pub(crate) async fn handle(
                 };
                 let bound_addr = dialed.bound;
                 trace.connected(
-                    dialed.stream.tcp(),
+                    dialed.peer,
+                    dialed.local,
                     plan.egress.as_ref().map(|e| e.name.as_str()),
                 );
                 conn.reply(&Reply::success(bound_addr)).await?;
@@ -374,7 +375,8 @@ async fn connect_limited(
         }
     };
     trace.connected(
-        dialed.stream.tcp(),
+        dialed.peer,
+        dialed.local,
         plan.egress.as_ref().map(|e| e.name.as_str()),
     );
     conn.reply(&Reply::success(dialed.bound)).await?;
