@@ -129,8 +129,9 @@ describe('limits: fleet scope on a Redis Cluster of three nodes, two processes',
     origin.stop()
   end)
 
-  it('max_sessions holds fleet-wide for keys on every node', function()
-    local env = { LIMITS = "{ max_sessions = 2, connect_rate = '6/min,max_burst=100', quota = '1 GB/day', scope = 'fleet' }" }
+  it('max_sessions holds fleet-wide for keys on every node; leases are renewed there', function()
+    local env = { LIMITS = "{ max_sessions = 2, connect_rate = '6/min,max_burst=100', quota = '1 GB/day', scope = 'fleet' }",
+                  LEASE_TTL = '2 seconds' }
     local a, b = F.start_proxy(cluster, env), F.start_proxy(cluster, env)
     finally(function() a.kill() b.kill() end)
     local keys = spread(cluster, 'k-s')
@@ -158,6 +159,12 @@ describe('limits: fleet scope on a Redis Cluster of three nodes, two processes',
       end
       local ks = cli(k.port, '--scan', '--pattern', '{kp:' .. k.name .. '}*')
       assert.truthy(ks:find(':s\n', 1, true) and ks:find(':r\n', 1, true) and ks:find(':q:', 1, true), ks)
+    end
+    -- Past lease_ttl the leases still count: renewal scripts reach every node.
+    H.kp.run_until(3)
+    for _, k in ipairs(keys) do
+      assert.equals(2, a.limits(k.name).sessions, k.name .. ' after lease_ttl')
+      assert.is_nil((socks(b.addr, k.name, '127.0.0.1', origin.echo)))
     end
     for _, s in ipairs(held) do assert.equals(4, echo(s, 4)) end
     for _, s in ipairs(held) do s:close() end
