@@ -204,6 +204,7 @@ describe('limits: fleet scope on Redis, two processes', function()
   it('max_sessions = 3 refuses the 4th wherever it arrives; limit_key is shared; 429 for HTTP', function()
     local env = { LIMITS = "{ max_sessions = 3, scope = 'fleet' }" }
     local a, b = start_proxy(redis, env), start_proxy(redis, env)
+    finally(function() a.kill() b.kill() end) -- also when an assertion fails
     local s1 = assert(socks(a.addr, 'alice', '127.0.0.1', origin.echo))
     local s2 = assert(socks(a.addr, 'bob', '127.0.0.1', origin.echo)) -- bob shares 'acme'
     local s3 = assert(socks(b.addr, 'alice', '127.0.0.1', origin.echo))
@@ -240,6 +241,7 @@ describe('limits: fleet scope on Redis, two processes', function()
   it('frees the leases of a killed process within lease_ttl', function()
     local env = { LIMITS = "{ max_sessions = 2, scope = 'fleet' }", LEASE_TTL = '2 seconds', KEY = 'crash' }
     local a, b = start_proxy(redis, env), start_proxy(redis, env)
+    finally(function() a.kill() b.kill() end) -- also when an assertion fails
     local held = { assert(socks(a.addr, 'alice', '127.0.0.1', origin.echo)),
                    assert(socks(a.addr, 'alice', '127.0.0.1', origin.echo)) }
     assert.is_nil((socks(b.addr, 'alice', '127.0.0.1', origin.echo)))
@@ -272,6 +274,7 @@ describe('limits: fleet scope on Redis, two processes', function()
   it('counts a quota across both processes and cuts the session that runs out', function()
     local env = { LIMITS = "{ quota = '300 KB/hour', scope = 'fleet' }", KEY = 'quota' }
     local a, b = start_proxy(redis, env), start_proxy(redis, env)
+    finally(function() a.kill() b.kill() end) -- also when an assertion fails
     local sa = assert(socks(a.addr, 'alice', '127.0.0.1', origin.echo))
     sa:settimeout(5)
     assert.equals(100000, echo(sa, 100000)) -- 200 KB counted
@@ -301,6 +304,7 @@ describe('limits: fleet scope on Redis, two processes', function()
   it('refuses the burst beyond max_burst', function()
     local env = { LIMITS = "{ connect_rate = '6/min,max_burst=3', scope = 'fleet' }", KEY = 'rate' }
     local a, b = start_proxy(redis, env), start_proxy(redis, env)
+    finally(function() a.kill() b.kill() end) -- also when an assertion fails
     for i = 1, 3 do
       local c = assert(socks((i % 2 == 0) and b.addr or a.addr, 'alice', '127.0.0.1', origin.echo))
       c:close()
@@ -319,6 +323,7 @@ describe('limits: fleet scope on Redis, two processes', function()
     local lim = "{ max_sessions = 1, scope = 'fleet' }"
     local allow = start_proxy(redis, { LIMITS = lim, ON_ERROR = 'allow', KEY = 'outage' })
     local deny = start_proxy(redis, { LIMITS = lim, ON_ERROR = 'deny', KEY = 'outage' })
+    finally(function() allow.kill() deny.kill() end)
     local c = assert(socks(allow.addr, 'alice', '127.0.0.1', origin.echo))
     assert.is_nil((socks(deny.addr, 'alice', '127.0.0.1', origin.echo)))
     c:close()
