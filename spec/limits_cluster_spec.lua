@@ -19,22 +19,38 @@ local function cli(port, ...)
   return out, rc, err
 end
 
--- n primaries, no replicas. Returns { nodes = { {port, pid} ... }, urls, stop() }.
+-- n primaries, no replicas. Returns { nodes = { {port, pid} ... }, urls,
+-- stop_nodes(), start_nodes() (same ports and cluster state), stop() }.
 local function start_cluster(n)
   local dir = H.tempdir()
   local c = { dir = dir, nodes = {} }
-  for i = 1, n do
-    -- The bus port is given too: port + 10000 (the default) may not be free or valid.
-    local port, bus = F.free_port(), F.free_port()
+  local function up(nd)
     local f = assert(io.popen(("echo $$; exec redis-server --port %d --cluster-port %d --bind 127.0.0.1"
       .. " --cluster-enabled yes --cluster-config-file %s/nodes-%d.conf --dir %s"
-      .. " --appendonly no --save '' --logfile %s/redis-%d.log"):format(port, bus, dir, port, dir, dir, port), 'r'))
-    c.nodes[i] = { port = port, pipe = f, pid = tonumber(f:read('*l')) }
+      .. " --appendonly no --save '' --logfile %s/redis-%d.log")
+      :format(nd.port, nd.bus, dir, nd.port, dir, dir, nd.port), 'r'))
+    nd.pipe, nd.pid = f, tonumber(f:read('*l'))
   end
-  function c.stop()
+  local function wait_ok()
     for _, nd in ipairs(c.nodes) do
-      os.execute('kill ' .. nd.pid .. ' 2>/dev/null')
-      nd.pipe:close()
+      H.eventually(function()
+        local info = cli(nd.port, 'cluster', 'info')
+        return info and info:find('cluster_state:ok')
+      end, 30, 'cluster_state:ok on ' .. nd.port)
+    end
+  end
+  for i = 1, n do
+    -- The bus port is given too: port + 10000 (the default) may not be free or valid.
+    c.nodes[i] = { port = F.free_port(), bus = F.free_port() }
+    up(c.nodes[i])
+  end
+  function c.stop_nodes()
+    for _, nd in ipairs(c.nodes) do
+      if nd.pipe then
+        os.execute('kill ' .. nd.pid .. ' 2>/dev/null')
+        nd.pipe:close()
+        nd.pipe = nil
+      end
     end
     for _, nd in ipairs(c.nodes) do
       H.eventually(function()
@@ -42,6 +58,15 @@ local function start_cluster(n)
         return rc ~= 0
       end, 10, 'redis-server down')
     end
+  end
+  -- Restarted nodes read their nodes-PORT.conf: the same cluster comes back
+  -- (with no data: persistence is off).
+  function c.start_nodes()
+    for _, nd in ipairs(c.nodes) do up(nd) end
+    wait_ok()
+  end
+  function c.stop()
+    c.stop_nodes()
     os.execute("rm -rf '" .. dir .. "'")
   end
   -- A cluster that does not come up is stopped (and its dir removed) too.
@@ -61,12 +86,7 @@ local function start_cluster(n)
     for _, a in ipairs { '--cluster-replicas', '0', '--cluster-yes' } do args[#args + 1] = a end
     local out, rc, err = sh(args)
     assert(rc == 0, 'redis-cli --cluster create: ' .. tostring(out) .. tostring(err))
-    for _, nd in ipairs(c.nodes) do
-      H.eventually(function()
-        local info = cli(nd.port, 'cluster', 'info')
-        return info and info:find('cluster_state:ok')
-      end, 30, 'cluster_state:ok on ' .. nd.port)
-    end
+    wait_ok()
     c.proxy_env = { REDIS_CLUSTER = table.concat(c.urls, ' ') }
     -- slot ranges by node port, from CLUSTER NODES
     c.ranges = {}
@@ -216,5 +236,31 @@ describe('limits: fleet scope on a Redis Cluster of three nodes, two processes',
     -- the third key, on the third node, was never used: its whole quota is left
     assert.equals(300000, a.limits(keys[3].name).quota_remaining)
     assert.is_nil(a.logs():find('Redis unavailable'), a.logs())
+  end)
+  it("on_error = 'deny' refuses while the cluster is down; enforcement resumes when it is back", function()
+    local a = F.start_proxy(cluster, { LIMITS = "{ max_sessions = 1, scope = 'fleet' }", ON_ERROR = 'deny' })
+    finally(function() a.kill() end)
+    local key = spread(cluster, 'k-o')[1].name
+    admit(a, key):close()
+    H.eventually(function() return a.limits(key).sessions == 0 end, 10, 'released')
+
+    cluster.stop_nodes()
+    local c, code = socks(a.addr, key, '127.0.0.1', origin.echo)
+    assert.is_nil(c)
+    assert.equals(2, code)
+    H.eventually(function() return a.logs():find('fleet limits: Redis unavailable') end, 10, 'warning')
+
+    cluster.start_nodes()
+    local back
+    H.eventually(function()
+      back = socks(a.addr, key, '127.0.0.1', origin.echo)
+      return back
+    end, 20, 'admitted again')
+    -- and counted again: the next one is refused by max_sessions, not by Redis
+    local d, dcode = socks(a.addr, key, '127.0.0.1', origin.echo)
+    assert.is_nil(d)
+    assert.equals(2, dcode)
+    assert.equals(1, a.limits(key).sessions)
+    back:close()
   end)
 end)
