@@ -5,125 +5,12 @@ local H = require 'spec.support.helpers'
 local kp = H.kp
 local socket = H.socket
 
-local function free_port()
-  local s = assert(socket.bind('127.0.0.1', 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local F = require 'spec.support.fleet'
+local start_redis, start_proxy, socks, echo = F.start_redis, F.start_proxy, F.socks, F.echo
 
 local function sh(cmd)
   local out, rc, err = H.sh(cmd)
   return out, rc, err
-end
-
--- A redis-server on a free 127.0.0.1 port, persistence off; restartable on the same port.
-local function start_redis()
-  local r = { port = free_port() }
-  function r.start()
-    local f = assert(io.popen(("echo $$; exec redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no --logfile /dev/null")
-      :format(r.port), 'r'))
-    r.pipe = f
-    r.pid = tonumber(f:read('*l'))
-    H.eventually(function()
-      local out = sh { 'redis-cli', '-p', tostring(r.port), 'ping' }
-      return out and out:find('PONG')
-    end, 10, 'redis-server up')
-  end
-  function r.stop()
-    os.execute('kill ' .. r.pid .. ' 2>/dev/null')
-    r.pipe:close()
-    H.eventually(function()
-      local _, rc = sh { 'redis-cli', '-p', tostring(r.port), 'ping' }
-      return rc ~= 0
-    end, 10, 'redis-server down')
-  end
-  r.url = ('redis://127.0.0.1:%d/0'):format(r.port)
-  r.start()
-  return r
-end
-
--- One fleet member: a separate interpreter running fleet_proxy.lua.
-local function start_proxy(redis, env)
-  local log = os.tmpname()
-  local vars = { ('REDIS_URL=%s'):format(redis.url), 'KUMOPROXY_LOG=warn' }
-  for k, v in pairs(env) do
-    vars[#vars + 1] = ("%s='%s'"):format(k, (v:gsub("'", "'\\''")))
-  end
-  local f = assert(io.popen(('echo $$; exec env %s %s spec/support/fleet_proxy.lua 2>%s')
-    :format(table.concat(vars, ' '), H.lua, log), 'r'))
-  local p = { pipe = f, log = log }
-  p.pid = tonumber(f:read('*l'))
-  local ready = assert(f:read('*l'), 'fleet_proxy.lua did not start')
-  p.addr, p.status = ready:match('^READY (%S+) status=(%S+)')
-  assert(p.addr, ready)
-  function p.kill(sig)
-    os.execute(('kill -%s %d 2>/dev/null'):format(sig or 'TERM', p.pid))
-    f:close()
-  end
-  function p.logs()
-    local lf = io.open(log)
-    local s = lf and lf:read('*a') or ''
-    if lf then lf:close() end
-    return s
-  end
-  function p.get(path)
-    local out, rc = sh { 'curl', '-sS', '--max-time', '10', 'http://' .. p.status .. path }
-    assert(rc == 0, 'GET ' .. path)
-    return out
-  end
-  -- /proxy/limits?key=K as a table of numbers (fleet-wide values).
-  function p.limits(key)
-    local body = p.get('/proxy/limits?key=' .. key)
-    local t = {}
-    for k, v in body:gmatch('"([%w_]+)":(%d+)') do
-      t[k] = tonumber(v)
-    end
-    return t, body
-  end
-  return p
-end
-
--- SOCKS5 with RFC 1929 from this process (the proxies are other processes, so
--- blocking here is fine). Returns the socket, or nil and the reply code.
-local function socks(proxy, user, host, port)
-  local phost, pport = proxy:match('^(.*):(%d+)$')
-  local c = assert(socket.tcp())
-  c:settimeout(10)
-  assert(c:connect(phost, tonumber(pport)))
-  c:send('\5\1\2')
-  assert(c:receive(2) == '\5\2', 'method selection')
-  c:send('\1' .. string.char(#user) .. user .. '\6secret')
-  local st = c:receive(2)
-  if st ~= '\1\0' then
-    c:close()
-    return nil, 'auth'
-  end
-  local a, b, cc, d = host:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
-  c:send('\5\1\0\1' .. string.char(tonumber(a), tonumber(b), tonumber(cc), tonumber(d))
-    .. string.char(math.floor(port / 256), port % 256))
-  local head = c:receive(4)
-  local rep = head and head:byte(2)
-  if rep ~= 0 then
-    c:close()
-    return nil, rep
-  end
-  c:receive(6)
-  return c
-end
-
--- Echoes `total` bytes in 8 KB steps; returns bytes echoed back before the end.
-local function echo(c, total)
-  local got = 0
-  local block = string.rep('x', 8192)
-  while got < total do
-    local n = math.min(8192, total - got)
-    if not c:send(block:sub(1, n)) then break end
-    local r = c:receive(n)
-    if not r then break end
-    got = got + #r
-  end
-  return got
 end
 
 local function curl_connect(proxy, user, url)
@@ -239,6 +126,70 @@ describe('limits: local scope', function()
   end)
 end)
 
+describe('limits: listener:reconfigure', function()
+  local origin
+  setup(function() origin = H.start_origin() end)
+  teardown(function() origin.stop() end)
+
+  it('sets, replaces and removes limits for new sessions; running ones keep theirs', function()
+    local l = H.listener { allow_private_destinations = true }
+    local addr = l:local_addr()
+    local function refused()
+      local c, code = H.socks_connect(addr, '127.0.0.1', origin.echo)
+      if c then c:close() end
+      return c == nil and code == 2
+    end
+    local ok, e = pcall(l.limit_stats, l, '127.0.0.1')
+    assert.is_false(ok)
+    assert.truthy(tostring(e):find('this listener has no limits', 1, true), tostring(e))
+    -- Admitted without limits: not counted, and not cut by the new ones.
+    local free = assert(H.socks_connect(addr, '127.0.0.1', origin.echo))
+
+    l:reconfigure { limits = { max_sessions = 1 } }
+    local one = assert(H.socks_connect(addr, '127.0.0.1', origin.echo))
+    assert.is_true(refused())
+    assert.equals(1, l:limit_stats('127.0.0.1').sessions)
+    assert.equals(5, echo(free, 5))
+
+    -- Bad values: an error naming the key, and the limits in force stay.
+    local bad = {
+      { { max_sessions = 0 }, 'reconfigure: limits.max_sessions: must be at least 1, got 0' },
+      { { max_sesions = 1 }, 'reconfigure: limits.max_sesions: unknown key' },
+      { { quota = '5 GB/week' }, "reconfigure: limits.quota: unknown period 'week'" },
+      { { scope = 'fleet', max_sessions = 1 }, "reconfigure: limits.scope: 'fleet' needs kumoproxy.configure_redis{} first" },
+      { 'lots', 'reconfigure: limits: expected a table, got string' },
+    }
+    for _, c in ipairs(bad) do
+      local rok, err = pcall(l.reconfigure, l, { limits = c[1] })
+      assert.is_false(rok)
+      assert.truthy(tostring(err):find(c[2], 1, true), tostring(err))
+    end
+    assert.is_true(refused())
+
+    -- A new limit counts the session admitted under the old one.
+    l:reconfigure { limits = { max_sessions = 2 } }
+    local two = assert(H.socks_connect(addr, '127.0.0.1', origin.echo))
+    assert.is_true(refused())
+
+    -- false removes them: no limiter for new sessions.
+    l:reconfigure { limits = false }
+    local more = {}
+    for i = 1, 3 do more[i] = assert(H.socks_connect(addr, '127.0.0.1', origin.echo)) end
+    assert.is_false((pcall(l.limit_stats, l, '127.0.0.1')))
+    for _, c in ipairs { free, one, two, more[1], more[2], more[3] } do
+      assert.equals(3, echo(c, 3))
+      c:close()
+    end
+    -- The sessions admitted with limits gave their slots back when they ended.
+    l:reconfigure { limits = { max_sessions = 1 } }
+    H.eventually(function() return l:limit_stats('127.0.0.1').sessions == 0 end, 10, 'slots released')
+    local last = assert(H.socks_connect(addr, '127.0.0.1', origin.echo))
+    assert.is_true(refused())
+    last:close()
+    l:close()
+  end)
+end)
+
 describe('limits: fleet scope on Redis, two processes', function()
   local origin, redis
   setup(function()
@@ -253,6 +204,7 @@ describe('limits: fleet scope on Redis, two processes', function()
   it('max_sessions = 3 refuses the 4th wherever it arrives; limit_key is shared; 429 for HTTP', function()
     local env = { LIMITS = "{ max_sessions = 3, scope = 'fleet' }" }
     local a, b = start_proxy(redis, env), start_proxy(redis, env)
+    finally(function() a.kill() b.kill() end) -- also when an assertion fails
     local s1 = assert(socks(a.addr, 'alice', '127.0.0.1', origin.echo))
     local s2 = assert(socks(a.addr, 'bob', '127.0.0.1', origin.echo)) -- bob shares 'acme'
     local s3 = assert(socks(b.addr, 'alice', '127.0.0.1', origin.echo))
@@ -289,6 +241,7 @@ describe('limits: fleet scope on Redis, two processes', function()
   it('frees the leases of a killed process within lease_ttl', function()
     local env = { LIMITS = "{ max_sessions = 2, scope = 'fleet' }", LEASE_TTL = '2 seconds', KEY = 'crash' }
     local a, b = start_proxy(redis, env), start_proxy(redis, env)
+    finally(function() a.kill() b.kill() end) -- also when an assertion fails
     local held = { assert(socks(a.addr, 'alice', '127.0.0.1', origin.echo)),
                    assert(socks(a.addr, 'alice', '127.0.0.1', origin.echo)) }
     assert.is_nil((socks(b.addr, 'alice', '127.0.0.1', origin.echo)))
@@ -321,6 +274,7 @@ describe('limits: fleet scope on Redis, two processes', function()
   it('counts a quota across both processes and cuts the session that runs out', function()
     local env = { LIMITS = "{ quota = '300 KB/hour', scope = 'fleet' }", KEY = 'quota' }
     local a, b = start_proxy(redis, env), start_proxy(redis, env)
+    finally(function() a.kill() b.kill() end) -- also when an assertion fails
     local sa = assert(socks(a.addr, 'alice', '127.0.0.1', origin.echo))
     sa:settimeout(5)
     assert.equals(100000, echo(sa, 100000)) -- 200 KB counted
@@ -350,6 +304,7 @@ describe('limits: fleet scope on Redis, two processes', function()
   it('refuses the burst beyond max_burst', function()
     local env = { LIMITS = "{ connect_rate = '6/min,max_burst=3', scope = 'fleet' }", KEY = 'rate' }
     local a, b = start_proxy(redis, env), start_proxy(redis, env)
+    finally(function() a.kill() b.kill() end) -- also when an assertion fails
     for i = 1, 3 do
       local c = assert(socks((i % 2 == 0) and b.addr or a.addr, 'alice', '127.0.0.1', origin.echo))
       c:close()
@@ -368,6 +323,7 @@ describe('limits: fleet scope on Redis, two processes', function()
     local lim = "{ max_sessions = 1, scope = 'fleet' }"
     local allow = start_proxy(redis, { LIMITS = lim, ON_ERROR = 'allow', KEY = 'outage' })
     local deny = start_proxy(redis, { LIMITS = lim, ON_ERROR = 'deny', KEY = 'outage' })
+    finally(function() allow.kill() deny.kill() end)
     local c = assert(socks(allow.addr, 'alice', '127.0.0.1', origin.echo))
     assert.is_nil((socks(deny.addr, 'alice', '127.0.0.1', origin.echo)))
     c:close()

@@ -3,20 +3,28 @@
 -- listener. Prints "READY <proxy addr> status=<addr>", serves until SIGTERM.
 --
 --   REDIS_URL    redis://127.0.0.1:PORT/0
+--   REDIS_CLUSTER  instead: space-separated node URLs of a Redis Cluster
 --   LIMITS       a Lua table constructor for the listener's `limits`
 --   ON_ERROR     'allow' | 'deny'           LEASE_TTL  duration
 --   KEY          the limit key alice and bob share (default 'acme')
 local kp = require 'kumoproxy'
 
+local cluster
+if os.getenv('REDIS_CLUSTER') then
+  cluster = {}
+  for u in os.getenv('REDIS_CLUSTER'):gmatch('%S+') do cluster[#cluster + 1] = u end
+end
 kp.configure_redis {
-  url = assert(os.getenv('REDIS_URL')),
+  url = not cluster and assert(os.getenv('REDIS_URL'), 'REDIS_URL or REDIS_CLUSTER') or nil,
+  cluster = cluster,
   timeout = '300 ms',
   on_error = os.getenv('ON_ERROR') or 'deny',
   lease_ttl = os.getenv('LEASE_TTL') or '30 seconds',
 }
 
 -- alice and bob share the budget of customer 'acme'; carol has her own limits;
--- mallory's limits are malformed (her logins are refused and logged).
+-- mallory's limits are malformed (her logins are refused and logged). Any
+-- user named k-<something> is their own limit key (the default: the username).
 local shared_key = os.getenv('KEY') or 'acme'
 local users = {
   alice = { key = shared_key },
@@ -26,7 +34,7 @@ local users = {
 }
 
 local function auth_info(user, password, context)
-  local u = users[user]
+  local u = users[user] or (user:match('^k%-') and {})
   if not u or password ~= 'secret' then
     return false
   end

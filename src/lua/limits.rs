@@ -66,7 +66,7 @@ pub fn listener_limits(p: &mut Params) -> mlua::Result<Option<Arc<LimitsSpec>>> 
     }
     let spec = limits_from_lua(&v)
         .and_then(|s| check_fleet_configured(&s).map(|_| s))
-        .map_err(|e| err(format!("start_proxy_listener: {e}")))?;
+        .map_err(|e| err(format!("{}: {e}", p.ctx())))?;
     Ok(Some(Arc::new(spec)))
 }
 

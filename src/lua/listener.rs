@@ -121,8 +121,11 @@ impl UserData for LuaListener {
                 .unwrap_or(0))
         });
         methods.add_method("limit_stats", |lua, this, key: String| {
+            this.check_pid()?;
+            // The limits of new sessions (after any `reconfigure`).
             let spec = this
-                .check_pid()?
+                .shared
+                .current()
                 .config
                 .limits
                 .clone()

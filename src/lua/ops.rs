@@ -200,6 +200,7 @@ const RECONFIGURABLE: &[&str] = &[
     "max_connections",
     "max_connections_per_ip",
     "access_log",
+    "limits",
 ];
 
 /// Optional settings `reconfigure` can remove with `false` (`access_log` and
@@ -212,6 +213,7 @@ const UNSETTABLE: &[&str] = &[
     "permissions",
     "trusted_hosts",
     "allowed_source_addresses",
+    "limits",
 ];
 
 /// Settings of the listening socket or its TLS: fixed while it runs.
@@ -342,6 +344,8 @@ pub fn reconfigure(lua: &Lua, shared: &Arc<Shared>, update: Value) -> mlua::Resu
             "max_connections" => next.max_connections = parsed.max_connections,
             "max_connections_per_ip" => next.max_connections_per_ip = parsed.max_connections_per_ip,
             "access_log" => next.access_log = parsed.access_log.clone(),
+            // Admitted sessions keep the spec they hold (`SessionLimits`).
+            "limits" => next.limits = parsed.limits.clone(),
             _ => unreachable!("checked against RECONFIGURABLE"),
         }
     }

@@ -41,6 +41,11 @@ impl Params {
         }
     }
 
+    /// What messages start with (`start_proxy_listener`, `reconfigure`, ...).
+    pub fn ctx(&self) -> &str {
+        &self.ctx
+    }
+
     pub fn key_err(&self, key: &str, msg: impl std::fmt::Display) -> mlua::Error {
         err(format!("{}{}{key}: {msg}", self.ctx, self.sep))
     }

@@ -478,7 +478,8 @@ async fn limits_json(
         );
     };
     let Some((l, spec)) = listeners.iter().find_map(|l| {
-        let spec = l.config.limits.clone()?;
+        // The limits of new sessions (after any `reconfigure`).
+        let spec = l.current().config.limits.clone()?;
         match &addr {
             Some(a) if *a != l.local_addr.to_string() => None,
             _ => Some((l, spec)),
