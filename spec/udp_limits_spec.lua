@@ -127,6 +127,9 @@ describe('udp associations under limits', function()
     -- Once the bucket refills, datagrams pass again.
     H.eventually(function() return a:echo(peers.echo4, 'later', 0.2) == 'later' end, 10, 'a datagram passes')
     assert.are.equal(200 * s.udp_datagrams_to_remote + 5, l:limit_stats(src).bytes_up)
+    -- Larger than the whole bucket (500 bytes): it goes once the bucket is full.
+    local big = ('B'):rep(1400)
+    H.eventually(function() return a:echo(peers.echo4, big, 0.2) == big end, 10, 'a 1,400-byte datagram passes')
     a:close()
     l:close()
   end)

@@ -128,6 +128,28 @@ impl ByteShaper {
         }
     }
 
+    /// A datagram larger than the whole bucket (50 ms of the rate) could never
+    /// go in one piece. It may when the bucket is full: the bucket goes into
+    /// debt for it, so the rate over time stays exact. False when `want` fits
+    /// the bucket (ask [`take`](Self::take)) or the bucket is not full.
+    pub fn take_oversized(&self, want: usize, now: u64) -> bool {
+        let capacity = (self.burst_ns as u128 * self.rate as u128 / 1_000_000_000) as u64;
+        if want as u64 <= capacity {
+            return false;
+        }
+        let mut tat = self.tat.load(Relaxed);
+        loop {
+            if tat > now {
+                return false;
+            }
+            let new = now + self.cost_ns(want as u64);
+            match self.tat.compare_exchange_weak(tat, new, Relaxed, Relaxed) {
+                Ok(_) => return true,
+                Err(cur) => tat = cur,
+            }
+        }
+    }
+
     /// Gives back bytes granted but not moved (a short read or write).
     pub fn refund(&self, bytes: usize) {
         if bytes == 0 {
@@ -320,6 +342,23 @@ mod tests {
         }
         // 2 s at the rate plus at most the 50 ms burst
         assert!((2_000_000..=2_060_000).contains(&moved), "{moved}");
+    }
+
+    #[test]
+    fn an_oversized_datagram_goes_into_debt_only_from_a_full_bucket() {
+        let sh = ByteShaper::new(10_000); // bucket 500 B
+        let now = 10_000_000_000u64;
+        assert!(
+            !sh.take_oversized(400, now),
+            "fits the bucket: take() decides"
+        );
+        assert!(sh.take_oversized(1400, now));
+        // 1400 B at 10 KB/s: 140 ms owed. Until the debt is within the 50 ms
+        // burst, nothing goes; another oversized one only from a full bucket.
+        assert!(!sh.take_oversized(1400, now + 80_000_000));
+        assert!(matches!(sh.take(100, now + 80_000_000), Grant::Wait(_)));
+        assert!(!sh.take_oversized(1400, now + 139_000_000));
+        assert!(sh.take_oversized(1400, now + 140_000_000));
     }
 
     #[test]

@@ -148,6 +148,40 @@ impl SessionLimits {
         Ok(Some(n))
     }
 
+    /// All of `want` bytes at once for a unit larger than the shaper's bucket
+    /// (a UDP datagram), from a full bucket: see [`ByteShaper::take_oversized`].
+    /// `Ok(false)`: it cannot go now (or it fits the bucket: use `try_permit`).
+    /// Follow a `true` with [`record`](Self::record).
+    pub fn try_permit_oversized(&self, dir: Dir, want: usize) -> Result<bool, Cut> {
+        let Some(sh) = &self.shapers[dir as usize] else {
+            return Ok(false);
+        };
+        let metered = |q: &&Arc<QuotaLease>| !q.unmetered.load(Relaxed);
+        if let Some(q) = self.quota.as_ref().filter(metered) {
+            // All of it from the budget, or nothing.
+            let b = q.budget.load(Relaxed);
+            if b < want as i64 {
+                if b <= 0 && q.exhausted.load(Relaxed) {
+                    return Err(self.cut());
+                }
+                return Ok(false);
+            }
+            if q.budget
+                .compare_exchange(b, b - want as i64, Relaxed, Relaxed)
+                .is_err()
+            {
+                return Ok(false);
+            }
+        }
+        if sh.take_oversized(want, now_ns()) {
+            return Ok(true);
+        }
+        if let Some(q) = self.quota.as_ref().filter(metered) {
+            q.budget.fetch_add(want as i64, Relaxed);
+        }
+        Ok(false)
+    }
+
     /// [`permit`](Self::permit) when [`try_permit`](Self::try_permit) said wait.
     pub async fn permit_slow(&self, dir: Dir, want: usize) -> Result<usize, Cut> {
         let mut n = want;

@@ -28,7 +28,15 @@ impl Relay {
         if len == 0 || !l.meters_bytes() {
             return true;
         }
-        match take_whole(l, dir, len, &self.refilling) {
+        // A datagram larger than the shaper's whole bucket goes from a full one.
+        let whole = take_whole(l, dir, len, &self.refilling).and_then(|ok| {
+            if ok {
+                Ok(true)
+            } else {
+                l.try_permit_oversized(dir, len)
+            }
+        });
+        match whole {
             Ok(true) => true,
             Ok(false) => {
                 self.log_drop(DropReason::Limit, 1, || {
@@ -170,6 +178,30 @@ mod tests {
         }
         let cut = take_whole(&l, Dir::Down, 1000, &flag).unwrap_err();
         assert!(cut.reason.contains("quota used up"), "{cut}");
+    }
+
+    #[tokio::test]
+    async fn a_datagram_larger_than_the_bucket_goes_from_a_full_one() {
+        // 10 KB/s: a bucket of 500 bytes. A 1,400-byte datagram goes when the
+        // bucket is full (the bucket owes 140 ms), the next one is dropped.
+        let sp = spec("bandwidth", "10 KB/s");
+        let l = admit("udp-unit-oversized", &sp).await;
+        let flag = Arc::default();
+        let whole = |len| {
+            take_whole(&l, Dir::Up, len, &flag)
+                .and_then(|ok| {
+                    if ok {
+                        Ok(true)
+                    } else {
+                        l.try_permit_oversized(Dir::Up, len)
+                    }
+                })
+                .unwrap()
+        };
+        assert!(whole(1400));
+        l.record(Dir::Up, 1400, 1400);
+        assert!(!whole(1400));
+        assert!(!whole(100));
     }
 
     #[tokio::test]
