@@ -3,10 +3,11 @@
 -- day); bandwidth is shaped by each process. See docs/fleet.md.
 --
 --   redis-server --port 6379 --save '' --appendonly no &
---   REDIS_URL=redis://127.0.0.1:6379/0 KUMOPROXY_LISTEN=127.0.0.1:1080 lua5.4 examples/fleet.lua &
---   REDIS_URL=redis://127.0.0.1:6379/0 KUMOPROXY_LISTEN=127.0.0.1:1081 lua5.4 examples/fleet.lua &
+--   REDIS_URL=redis://127.0.0.1:6379/0 KUMOPROXY_LISTEN=127.0.0.1:1080 KUMOPROXY_STATUS=127.0.0.1:8081 lua5.4 examples/fleet.lua &
+--   REDIS_URL=redis://127.0.0.1:6379/0 KUMOPROXY_LISTEN=127.0.0.1:1081 KUMOPROXY_STATUS=127.0.0.1:8082 lua5.4 examples/fleet.lua &
 --   curl --socks5-hostname alice:secret@127.0.0.1:1080 https://example.com/
 --   curl http://127.0.0.1:8081/proxy/limits?key=acme     (the first process's status port)
+-- (ALLOW_PRIVATE=1 lets the demo reach services on this machine, e.g. a local test server.)
 local kumoproxy = require 'kumoproxy'
 
 kumoproxy.configure_redis {
