@@ -614,6 +614,46 @@ describe('src:forward', function()
     H.eventually(function() return not fwd:stats().accepting end, 10, 'forwarder closed')
   end)
 
+  it('lists its connections as live sessions, closes them on request, and reports their end', function()
+    local ends = {}
+    -- The upstream proxy is in this process too: keep the forwarder's ends only.
+    kp.on('proxy_session_end', function(e)
+      if e.protocol == 'forward' then ends[#ends + 1] = e end
+    end)
+    local src = kp.make_egress_source { name = 'fwd', socks5_proxy_server = proxy:local_addr() }
+    local fwd = src:forward { listen = '127.0.0.1:0', to = '127.0.0.1:' .. origin.echo }
+    local host, port = fwd:local_addr():match('^(.*):(%d+)$')
+    local c = assert(socket.connect(host, tonumber(port)))
+    c:settimeout(5)
+    assert(c:send('hello\n'))
+    assert.are.equal('hello', c:receive('*l'))
+    -- The relay counts a write after making it: the echo may arrive first.
+    H.eventually(function()
+      local l = fwd:sessions()
+      return #l == 1 and l[1].bytes_down == 6
+    end, 10, 'the echo counted')
+    local list = fwd:sessions()
+    assert.are.equal('forward', list[1].protocol)
+    assert.are.equal('127.0.0.1:' .. origin.echo, list[1].destination)
+    assert.are.equal(6, list[1].bytes_up)
+    assert.are.equal(1, fwd:close_sessions { all = true })
+    c:settimeout(0)
+    H.eventually(function()
+      local _, e = c:receive(1)
+      return e == 'closed'
+    end, 10, 'forwarded connection closed')
+    c:close()
+    H.eventually(function() return #ends == 1 end, 10, 'proxy_session_end for the forwarded session')
+    kp.on('proxy_session_end', nil)
+    assert.are.equal('forward', ends[1].protocol)
+    assert.are.equal('cut', ends[1].outcome)
+    assert.are.equal('127.0.0.1:' .. origin.echo, ends[1].destination)
+    assert.are.equal('fwd', ends[1].egress)
+    assert.are.equal(6, ends[1].bytes_up)
+    assert.are.equal(0, #fwd:sessions())
+    fwd:close()
+  end)
+
   it('counts a failed upstream connect and keeps serving', function()
     local src = kp.make_egress_source { name = 'fwd', socks5_proxy_server = proxy:local_addr() }
     local fwd = src:forward { listen = '127.0.0.1:0', to = '127.0.0.1:' .. free_port() }
