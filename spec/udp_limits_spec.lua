@@ -8,20 +8,6 @@ local U = require 'spec.support.udp_client'
 local json = require 'dkjson'
 local kp = H.kp
 
-local function start_peers()
-  local f = assert(io.popen(('exec python3 spec/support/udp.py peers --parent-pid %d'):format(H.pid()), 'r'))
-  local line = assert(f:read('*l'), 'udp.py peers did not start')
-  local p = { pipe = f }
-  for k, v in line:gmatch('(%w+)=(%d+)') do
-    p[k] = tonumber(v)
-  end
-  function p.stop()
-    os.execute('kill ' .. p.pid .. ' 2>/dev/null')
-    f:close()
-  end
-  return p
-end
-
 local function udp_listener(params)
   params.udp = true
   params.allow_private_destinations = true
@@ -45,7 +31,7 @@ end
 
 describe('udp associations under limits', function()
   local peers
-  setup(function() peers = start_peers() end)
+  setup(function() peers = U.start_peers() end)
   teardown(function() peers.stop() end)
 
   it('max_sessions counts an association as a session: a second one and a CONNECT get 0x02', function()
@@ -166,7 +152,7 @@ end)
 
 describe('udp associations as live sessions', function()
   local peers
-  setup(function() peers = start_peers() end)
+  setup(function() peers = U.start_peers() end)
   teardown(function() peers.stop() end)
 
   it('are listed with their bytes, closed by close_sessions, and logged with bytes and outcome', function()

@@ -4,6 +4,7 @@
 -- policy, and egress: through our own listener and through Dante's UDP relay.
 -- Every port is OS-assigned; waits are on conditions, never sleeps.
 local H = require 'spec.support.helpers'
+local U = require 'spec.support.udp_client'
 local kp = H.kp
 local socket = H.socket
 
@@ -29,20 +30,6 @@ local function v6_available()
   local ok = s:setsockname('::1', 0)
   s:close()
   return ok == 1
-end
-
-local function start_peers()
-  local f = assert(io.popen(('exec python3 spec/support/udp.py peers --parent-pid %d'):format(H.pid()), 'r'))
-  local line = assert(f:read('*l'), 'udp.py peers did not start')
-  local p = { pipe = f }
-  for k, v in line:gmatch('(%w+)=(%d+)') do
-    p[k] = tonumber(v)
-  end
-  function p.stop()
-    os.execute('kill ' .. p.pid .. ' 2>/dev/null')
-    f:close()
-  end
-  return p
 end
 
 local function udp_listener(params)
@@ -88,7 +75,7 @@ end)
 
 describe('udp associate', function()
   local peers
-  setup(function() peers = start_peers() end)
+  setup(function() peers = U.start_peers() end)
   teardown(function()
     kp.on(REQUEST, nil)
     kp.on(AUTH, nil)
@@ -343,7 +330,7 @@ describe('udp interop with Dante', function()
     return tonumber(p)
   end
   setup(function()
-    peers = start_peers()
+    peers = U.start_peers()
     dir = os.tmpname()
     os.remove(dir)
     assert(os.execute('mkdir -m 700 ' .. dir))

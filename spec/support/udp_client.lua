@@ -4,6 +4,7 @@
 -- picks the client's loopback address (127.0.0.x), so that per-IP limit keys
 -- of different tests stay apart.
 local socket = require 'socket'
+local H = require 'spec.support.helpers'
 
 local M = {}
 
@@ -84,6 +85,22 @@ function M.associate(proxy, src)
     self.ctl:close()
   end
   return a
+end
+
+-- spec/support/udp.py's peers (UDP echo and DNS responder on 127.0.0.1 and
+-- ::1): a table of their ports, and stop().
+function M.start_peers()
+  local f = assert(io.popen(('exec python3 spec/support/udp.py peers --parent-pid %d'):format(H.pid()), 'r'))
+  local line = assert(f:read('*l'), 'udp.py peers did not start')
+  local p = { pipe = f }
+  for k, v in line:gmatch('(%w+)=(%d+)') do
+    p[k] = tonumber(v)
+  end
+  function p.stop()
+    os.execute('kill ' .. p.pid .. ' 2>/dev/null')
+    f:close()
+  end
+  return p
 end
 
 return M

@@ -62,35 +62,8 @@ async fn relay(
         return super::relay::relay_plain(client, remote, early, shared, session, Some(l)).await;
     }
     write_early(&mut remote, early, shared, session, l).await?;
-    let stats = &shared.stats;
     let (mut client, mut remote) = (client, remote);
-    let activity = Activity::new();
-    let (mut cr, mut cw) = client.split();
-    let (mut rr, mut rw) = remote.split();
-    let both = async {
-        tokio::try_join!(
-            copy_one_way(
-                &mut cr,
-                &mut rw,
-                (&stats.bytes_to_remote, &session.up),
-                &activity,
-                l,
-                Dir::Up
-            ),
-            copy_one_way(
-                &mut rr,
-                &mut cw,
-                (&stats.bytes_to_client, &session.down),
-                &activity,
-                l,
-                Dir::Down
-            ),
-        )
-    };
-    tokio::select! {
-        r = both => r.map(|_| ()),
-        r = activity.watchdog(shared.config.timeout) => r,
-    }
+    copy_halves(client.split(), remote.split(), shared, session, l).await
 }
 
 async fn relay_streams<C, R>(
@@ -106,28 +79,39 @@ where
     R: AsyncRead + AsyncWrite + Unpin,
 {
     write_early(&mut remote, early, shared, session, l).await?;
+    copy_halves(
+        tokio::io::split(client),
+        tokio::io::split(remote),
+        shared,
+        session,
+        l,
+    )
+    .await
+}
+
+/// Both directions over split halves, with the idle watchdog: shared by the
+/// plain-TCP copy (`use_splice = false`) and the any-stream (TLS) relay.
+async fn copy_halves<CR, CW, RR, RW>(
+    (mut cr, mut cw): (CR, CW),
+    (mut rr, mut rw): (RR, RW),
+    shared: &Shared,
+    session: &Bytes,
+    l: &SessionLimits,
+) -> io::Result<()>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    RR: AsyncRead + Unpin,
+    RW: AsyncWrite + Unpin,
+{
     let stats = &shared.stats;
     let activity = Activity::new();
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut rr, mut rw) = tokio::io::split(remote);
+    let up = (&stats.bytes_to_remote, &session.up);
+    let down = (&stats.bytes_to_client, &session.down);
     let both = async {
         tokio::try_join!(
-            copy_one_way(
-                &mut cr,
-                &mut rw,
-                (&stats.bytes_to_remote, &session.up),
-                &activity,
-                l,
-                Dir::Up
-            ),
-            copy_one_way(
-                &mut rr,
-                &mut cw,
-                (&stats.bytes_to_client, &session.down),
-                &activity,
-                l,
-                Dir::Down
-            ),
+            copy_one_way(&mut cr, &mut rw, up, &activity, l, Dir::Up),
+            copy_one_way(&mut rr, &mut cw, down, &activity, l, Dir::Down),
         )
     };
     tokio::select! {

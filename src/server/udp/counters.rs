@@ -26,6 +26,16 @@ pub enum DropReason {
     Limit,
 }
 
+impl DropReason {
+    /// Why a datagram whose header did not parse is dropped.
+    pub fn of(err: &crate::proto::socks5_udp::UdpHeaderError) -> Self {
+        match err {
+            crate::proto::socks5_udp::UdpHeaderError::Fragmented(_) => DropReason::Fragmented,
+            _ => DropReason::Malformed,
+        }
+    }
+}
+
 /// Live counters of a listener's UDP relay (all associations), lock-free.
 #[derive(Debug, Default)]
 pub struct UdpCounters {

@@ -6,7 +6,7 @@ use super::*;
 use crate::policy::limits::Dir;
 use crate::policy::permissions::canonical;
 use crate::proto::socks5::TargetAddr;
-use crate::proto::socks5_udp::{self, UdpHeaderError, MAX_IP_HEADER};
+use crate::proto::socks5_udp::{self, MAX_IP_HEADER};
 use quinn_udp::RecvMeta;
 use std::collections::HashMap;
 use std::io;
@@ -303,13 +303,7 @@ impl Relay {
         }
         let (target, hlen) = match socks5_udp::parse(&self.area[s..e]) {
             Ok(v) => v,
-            Err(err) => {
-                let d = match err {
-                    UdpHeaderError::Fragmented(_) => DropReason::Fragmented,
-                    _ => DropReason::Malformed,
-                };
-                return self.log_drop(d, 1, || err.to_string());
-            }
+            Err(err) => return self.log_drop(DropReason::of(&err), 1, || err.to_string()),
         };
         let payload = e - s - hlen;
         if let Some((relay, _)) = &self.upstream {
@@ -432,11 +426,9 @@ impl Relay {
         let (sender, hlen) = match socks5_udp::parse(&self.area[s..e]) {
             Ok(v) => v,
             Err(err) => {
-                let d = match err {
-                    UdpHeaderError::Fragmented(_) => DropReason::Fragmented,
-                    _ => DropReason::Malformed,
-                };
-                return self.log_drop(d, 1, || format!("from the upstream relay: {err}"));
+                return self.log_drop(DropReason::of(&err), 1, || {
+                    format!("from the upstream relay: {err}")
+                })
             }
         };
         if let TargetAddr::Ip(a) = &sender {
