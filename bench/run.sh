@@ -187,6 +187,11 @@ if [ -n "${KUMOPROXY_BEFORE:-}${KUMOPROXY_BEFORE_ENV:-}" ]; then
     kp_start kumoproxy-before "$tmp/before" ${KUMOPROXY_BEFORE_ENV:-} || log "KUMOPROXY_BEFORE did not start"
 fi
 
+# The yardstick for CPU per connection (issue 19): the least a SOCKS5 proxy can do
+# per connection on this kernel (one thread, raw epoll; bench/src/floor.rs).
+# Measured in the cycles section only.
+start_ready floor "$SB" floor --listen 127.0.0.1:0 && add floor "$(ready_addr floor)" "$STARTED"
+
 if [ "$PEERS" = 1 ]; then
     if command -v microsocks >/dev/null; then
         p=$("$SB" free-port)
@@ -248,6 +253,8 @@ plain_targets=(direct)
 for t in kumoproxy kumoproxy-before microsocks dante fast-socks5; do
     is_target "$t" && plain_targets+=("$t")
 done
+cycle_targets=("${plain_targets[@]}")
+is_target floor && cycle_targets+=(floor)
 auth_targets=()
 for t in kumoproxy+auth kumoproxy+authcache kumoproxy-before+auth kumoproxy-before+authcache \
     microsocks+auth fast-socks5+auth; do
@@ -278,7 +285,7 @@ for rep in $(seq "$REPS"); do
         sb direct bulk --target "$SINK_RW" --streams 1 --dir up --no-zerocopy
     fi
     if has cycles; then
-        for t in "${plain_targets[@]}"; do
+        for t in "${cycle_targets[@]}"; do
             # dante binds its outgoing sockets before connect, so with the client
             # closing first it runs out of ports (see shared/peer-baseline.md):
             # measure it, and everyone at c=64, with the server closing first too.

@@ -12,6 +12,8 @@
 //!   udp-echo --listen ADDR                      UDP echo end for `udp` and `udp-idle`
 //!   udp     --target ADDR [--proxy ADDR] --size N --associations N [--window W]
 //!   udp-idle --target ADDR --proxy ADDR --count N   (see src/udp.rs)
+//!   floor   --listen ADDR                       a minimal one-thread epoll SOCKS5 proxy:
+//!           the lower bound for CPU per connection (src/floor.rs)
 //!   free-port                                   prints a free loopback TCP port
 //!
 //! Common options: --user U --pass P (RFC 1929), --tls-ca FILE [--tls-name NAME]
@@ -25,6 +27,7 @@
 //! plain read/write), and the client does the same on its side of a bulk stream.
 
 mod args;
+mod floor;
 mod measure;
 mod socks;
 mod udp;
@@ -48,6 +51,14 @@ pub const MODE_ECHO_CLOSE: u8 = b'c';
 fn main() {
     let args = Args::parse(std::env::args().skip(1));
     raise_nofile();
+    if args.command == "floor" {
+        // Synchronous on purpose: no runtime threads beside it.
+        if let Err(e) = floor::run(&args) {
+            eprintln!("socksbench floor: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.usize("threads", 2))
         .enable_all()
