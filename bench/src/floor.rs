@@ -50,13 +50,6 @@ pub fn run(args: &Args) -> Res<()> {
     l.set_nonblocking(true)?;
     println!("READY {}", l.local_addr()?);
     let lfd = l.into_raw_fd();
-    if let Some(secs) = args.get("defer-accept") {
-        let v: libc::c_int = secs.parse()?;
-        unsafe {
-            libc::setsockopt(lfd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT,
-                (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as u32)
-        };
-    }
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
         return Err(std::io::Error::last_os_error().into());
@@ -112,8 +105,12 @@ pub fn run(args: &Args) -> Res<()> {
 fn accept_all(ep: RawFd, lfd: RawFd, conns: &mut Vec<Option<Conn>>, free: &mut Vec<usize>) {
     loop {
         let fd = unsafe {
-            libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            libc::accept4(
+                lfd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
         };
         if fd < 0 {
             return; // EAGAIN, or an error the next edge retries
@@ -172,7 +169,12 @@ fn write(fd: RawFd, data: &[u8]) -> Option<usize> {
     let mut off = 0;
     while off < data.len() {
         let n = unsafe {
-            libc::send(fd, data[off..].as_ptr().cast(), data.len() - off, libc::MSG_NOSIGNAL)
+            libc::send(
+                fd,
+                data[off..].as_ptr().cast(),
+                data.len() - off,
+                libc::MSG_NOSIGNAL,
+            )
         };
         if n < 0 {
             return match std::io::Error::last_os_error().kind() {
@@ -204,7 +206,11 @@ fn drive(ep: RawFd, id: usize, from_remote: bool, c: &mut Conn, buf: &mut [u8]) 
                     let ip = [buf[4], buf[5], buf[6], buf[7]];
                     let port = u16::from_be_bytes([buf[8], buf[9]]);
                     let fd = unsafe {
-                        libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+                        libc::socket(
+                            libc::AF_INET,
+                            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                            0,
+                        )
                     };
                     if fd < 0 {
                         return false;
@@ -215,14 +221,20 @@ fn drive(ep: RawFd, id: usize, from_remote: bool, c: &mut Conn, buf: &mut [u8]) 
                     sa.sin_port = port.to_be();
                     sa.sin_addr.s_addr = u32::from_ne_bytes(ip);
                     let r = unsafe {
-                        libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(),
-                            std::mem::size_of::<libc::sockaddr_in>() as u32)
+                        libc::connect(
+                            fd,
+                            (&sa as *const libc::sockaddr_in).cast(),
+                            std::mem::size_of::<libc::sockaddr_in>() as u32,
+                        )
                     };
-                    if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+                    if r < 0
+                        && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS)
+                    {
                         let _ = write(c.client, &[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]);
                         return false;
                     }
-                    let flags = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+                    let flags =
+                        (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
                     if ctl_add(ep, fd, flags, ((id as u64) << 1) | 1).is_err() {
                         return false;
                     }
@@ -239,8 +251,13 @@ fn drive(ep: RawFd, id: usize, from_remote: bool, c: &mut Conn, buf: &mut [u8]) 
                 let mut err: libc::c_int = 0;
                 let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
                 let r = unsafe {
-                    libc::getsockopt(c.remote, libc::SOL_SOCKET, libc::SO_ERROR,
-                        (&mut err as *mut libc::c_int).cast(), &mut len)
+                    libc::getsockopt(
+                        c.remote,
+                        libc::SOL_SOCKET,
+                        libc::SO_ERROR,
+                        (&mut err as *mut libc::c_int).cast(),
+                        &mut len,
+                    )
                 };
                 if r < 0 || err != 0 {
                     let _ = write(c.client, &[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -252,12 +269,29 @@ fn drive(ep: RawFd, id: usize, from_remote: bool, c: &mut Conn, buf: &mut [u8]) 
                 c.state = State::Relay;
             }
             State::Relay => {
-                if !pump(c.client, c.remote, c.client_rdhup, &mut c.up_eof, c.down_eof, &mut c.up_pending, buf)
-                    || !pump(c.remote, c.client, c.remote_rdhup, &mut c.down_eof, c.up_eof, &mut c.down_pending, buf)
-                {
+                if !pump(
+                    c.client,
+                    c.remote,
+                    c.client_rdhup,
+                    &mut c.up_eof,
+                    c.down_eof,
+                    &mut c.up_pending,
+                    buf,
+                ) || !pump(
+                    c.remote,
+                    c.client,
+                    c.remote_rdhup,
+                    &mut c.down_eof,
+                    c.up_eof,
+                    &mut c.down_pending,
+                    buf,
+                ) {
                     return false;
                 }
-                return !(c.up_eof && c.down_eof && c.up_pending.is_empty() && c.down_pending.is_empty());
+                return !(c.up_eof
+                    && c.down_eof
+                    && c.up_pending.is_empty()
+                    && c.down_pending.is_empty());
             }
         }
     }
@@ -267,7 +301,15 @@ fn drive(ep: RawFd, id: usize, from_remote: bool, c: &mut Conn, buf: &mut [u8]) 
 /// EOF or EAGAIN once the peer's FIN was seen) and write it on. EOF half-closes the destination, except for the second EOF: the close
 /// that follows sends that FIN. False on an error (the connection is over).
 #[allow(clippy::too_many_arguments)]
-fn pump(from: RawFd, to: RawFd, rdhup: bool, eof: &mut bool, other_eof: bool, pending: &mut Vec<u8>, buf: &mut [u8]) -> bool {
+fn pump(
+    from: RawFd,
+    to: RawFd,
+    rdhup: bool,
+    eof: &mut bool,
+    other_eof: bool,
+    pending: &mut Vec<u8>,
+    buf: &mut [u8],
+) -> bool {
     if *eof && pending.is_empty() {
         return true; // this direction is over (and half-closed if it was first)
     }
@@ -314,4 +356,3 @@ fn pump(from: RawFd, to: RawFd, rdhup: bool, eof: &mut bool, other_eof: bool, pe
     }
     true
 }
-
