@@ -775,6 +775,13 @@ mod tests {
         let b = sinks.get(&p).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(sinks.reopen_all(), 1);
+        // The writer thread reopens (re-creates) the file on its own time: wait
+        // for it, or it can re-create a.jsonl while the directory is removed.
+        let t = std::time::Instant::now();
+        while a.counters().reopened.load(Relaxed) < 1 {
+            assert!(t.elapsed() < Duration::from_secs(10), "the writer reopens");
+            std::thread::yield_now();
+        }
         drop((a, b));
         assert_eq!(sinks.live().len(), 0);
         std::fs::remove_dir_all(&d).unwrap();
