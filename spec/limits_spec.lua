@@ -86,44 +86,54 @@ describe('limits: local scope', function()
     l:close()
   end)
 
-  it('shapes bandwidth, still through the relay, and counts bytes', function()
-    local l = H.listener { allow_private_destinations = true, limits = { bandwidth = { down = '400 KB/s' } } }
-    local before = l:limit_stats('127.0.0.1')
+  -- Both relays ask the limits before each write: splice's copy-then-splice
+  -- loop, and the userspace copy (use_splice = false, as for TLS). Each takes its
+  -- own client address, so its own limit key (quota state lives per key).
+  for _, relay in ipairs { { name = 'splice', splice = true, ip = '127.0.0.1' },
+    { name = 'userspace copy', splice = false, ip = '127.0.0.2' } } do
+  local ip = relay.ip
+
+  it('shapes bandwidth, still through the relay, and counts bytes (' .. relay.name .. ')', function()
+    local l = H.listener { allow_private_destinations = true, use_splice = relay.splice,
+      limits = { bandwidth = { down = '400 KB/s' } } }
+    local before = l:limit_stats(ip)
     local t0 = socket.gettime()
-    local out, rc = sh { 'curl', '-sS', '--max-time', '20', '--socks5', l:local_addr(),
+    local out, rc = sh { 'curl', '-sS', '--max-time', '20', '--interface', ip, '--socks5', l:local_addr(),
       ('http://127.0.0.1:%d/bytes/800000'):format(origin.http), '-o', '/dev/null', '-w', '%{size_download}' }
     local took = socket.gettime() - t0
     assert.equals(0, rc)
     assert.equals('800000', out)
     -- 800 KB at 400 KB/s: ~2 s less the 50 ms burst
     assert.truthy(took > 1.7 and took < 4, 'took ' .. took)
-    H.eventually(function() return l:limit_stats('127.0.0.1').bytes_down >= before.bytes_down + 800000 end, 10,
+    H.eventually(function() return l:limit_stats(ip).bytes_down >= before.bytes_down + 800000 end, 10,
       'bytes counted')
     l:close()
   end)
 
-  it('cuts a session when the quota runs out, and refuses the next', function()
-    local l = H.listener { allow_private_destinations = true, limits = { quota = '100 KB/hour' } }
+  it('cuts a session when the quota runs out, and refuses the next (' .. relay.name .. ')', function()
+    local l = H.listener { allow_private_destinations = true, use_splice = relay.splice,
+      limits = { quota = '100 KB/hour' } }
     -- Counters are per key and process: earlier tests moved bytes as 127.0.0.1 too.
-    local before = l:limit_stats('127.0.0.1')
-    local c = assert(H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo))
+    local before = l:limit_stats(ip)
+    local c = assert(H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo, { source = ip }))
     c:settimeout(5)
     local got = echo(c, 200000)
     c:close()
     -- up + down never exceed the quota
     assert.truthy(got <= 50000, 'echoed ' .. got)
     H.eventually(function()
-      local s = l:limit_stats('127.0.0.1')
+      local s = l:limit_stats(ip)
       return s.sessions == 0 and s.quota_remaining == 0
     end, 10, 'quota used up')
-    local s = l:limit_stats('127.0.0.1')
+    local s = l:limit_stats(ip)
     local moved = s.bytes_up + s.bytes_down - before.bytes_up - before.bytes_down
     assert.truthy(moved <= 100000 and moved >= 90000, 'moved ' .. moved)
-    local d, code = H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo)
+    local d, code = H.socks_connect(l:local_addr(), '127.0.0.1', origin.echo, { source = ip })
     assert.is_nil(d)
     assert.equals(2, code)
     l:close()
   end)
+  end
 end)
 
 describe('limits: listener:reconfigure', function()

@@ -87,11 +87,16 @@ end
 
 -- A plain LuaSocket SOCKS5 client for cases needing no Lua decision (NOAUTH).
 -- Returns the connected socket and the reply's bound address, or nil, reply code.
+-- opts: timeout (seconds), source (a local IP to connect from).
 function H.socks_connect(proxy, host, port, opts)
   opts = opts or {}
   local phost, pport = proxy:match('^(.*):(%d+)$')
   local c = assert(socket.tcp())
   c:settimeout(opts.timeout or 5)
+  if opts.source then
+    -- Another loopback address: another trusted host, so another limit key.
+    assert(c:bind(opts.source, 0))
+  end
   local ok, err = c:connect(phost, tonumber(pport))
   if not ok then
     return nil, err

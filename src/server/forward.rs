@@ -77,6 +77,7 @@ async fn forward_one(
             &[],
             shared,
             &bytes,
+            None,
         )
         .await
     };

@@ -319,15 +319,8 @@ pub async fn handle(
     // Bytes the client sent behind the head (e.g. a TLS ClientHello) go first.
     let early = &buf[n..];
     let relay = |bytes: Arc<crate::server::sessions::Bytes>| async move {
-        match limits {
-            None => crate::server::relay::relay_any(io, remote, early, shared, &bytes).await,
-            Some(l) => {
-                Box::pin(crate::server::relay_limited::relay_any_limited(
-                    io, remote, early, shared, &bytes, l,
-                ))
-                .await
-            }
-        }
+        let limits = limits.as_deref();
+        crate::server::relay::relay_any(io, remote, early, shared, &bytes, limits).await
     };
     crate::server::accounting::relay_listed(shared, &meta, trace, relay)
         .await

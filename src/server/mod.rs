@@ -13,7 +13,6 @@ pub mod metrics;
 pub mod proxy_accept;
 pub mod proxy_inbound;
 pub mod relay;
-pub mod relay_limited;
 pub mod session;
 pub mod sessions;
 pub mod socks5;

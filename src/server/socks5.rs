@@ -226,7 +226,7 @@ pub(crate) async fn handle(
                 buf.shrink_to_fit();
                 let stream = dialed.stream;
                 let relay = |bytes: Arc<crate::server::sessions::Bytes>| async move {
-                    crate::server::relay::relay_any(io, stream, &buf, shared, &bytes).await
+                    crate::server::relay::relay_any(io, stream, &buf, shared, &bytes, None).await
                 };
                 return crate::server::accounting::relay_listed(shared, meta, trace, relay)
                     .await
@@ -390,13 +390,8 @@ async fn connect_limited(
     buf.shrink_to_fit();
     let stream = dialed.stream;
     let relay = |bytes: Arc<crate::server::sessions::Bytes>| async move {
-        match limits {
-            Some(l) => {
-                crate::server::relay_limited::relay_any_limited(io, stream, &buf, shared, &bytes, l)
-                    .await
-            }
-            None => crate::server::relay::relay_any(io, stream, &buf, shared, &bytes).await,
-        }
+        let limits = limits.as_deref();
+        crate::server::relay::relay_any(io, stream, &buf, shared, &bytes, limits).await
     };
     crate::server::accounting::relay_listed(shared, meta, trace, relay)
         .await

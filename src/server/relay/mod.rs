@@ -117,9 +117,9 @@ pub async fn relay(
     relay_plain(client, remote, early, shared, session, None).await
 }
 
-/// `relay`, for a session with `limits` too: the same copy-then-splice path,
-/// asking the limits before each write (`relay_limited` for the rest).
-pub(super) async fn relay_plain(
+/// `relay`, for a session with `limits` too: the same paths, asking the limits
+/// before each write (a [`Meter`] per direction).
+async fn relay_plain(
     client: TcpStream,
     mut remote: TcpStream,
     early: &[u8],
@@ -127,16 +127,10 @@ pub(super) async fn relay_plain(
     session: &Bytes,
     limits: Option<&SessionLimits>,
 ) -> io::Result<()> {
-    let stats = &shared.stats;
-    if !early.is_empty() {
-        remote.write_all(early).await?;
-        count(&stats.bytes_to_remote, &session.up, early.len());
-        if let Some(l) = limits {
-            l.count(Dir::Up, early.len() as u64);
-        }
-    }
+    write_early(&mut remote, early, shared, session, limits).await?;
     #[cfg(target_os = "linux")]
     if shared.config.use_splice {
+        let stats = &shared.stats;
         let activity = Activity::new();
         let to_remote = (&stats.bytes_to_remote, &session.up);
         let to_client = (&stats.bytes_to_client, &session.down);
@@ -156,7 +150,25 @@ pub(super) async fn relay_plain(
     }
     // Boxed: the userspace copy's state is larger than splice's, and every relay's
     // future is as large as its largest path (an idle relay's memory is mostly that).
-    Box::pin(copy_both(client, remote, shared, session)).await
+    Box::pin(copy_both(client, remote, shared, session, limits)).await
+}
+
+/// Client bytes that arrived with the handshake go first, counted as relayed.
+async fn write_early<W: AsyncWrite + Unpin>(
+    remote: &mut W,
+    early: &[u8],
+    shared: &Shared,
+    session: &Bytes,
+    limits: Option<&SessionLimits>,
+) -> io::Result<()> {
+    if !early.is_empty() {
+        remote.write_all(early).await?;
+        count(&shared.stats.bytes_to_remote, &session.up, early.len());
+        if let Some(l) = limits {
+            l.count(Dir::Up, early.len() as u64);
+        }
+    }
+    Ok(())
 }
 
 /// Bytes moved: the listener's counter and the session's (access log, live sessions).
@@ -172,10 +184,9 @@ async fn copy_both(
     mut remote: TcpStream,
     shared: &Shared,
     session: &Bytes,
+    limits: Option<&SessionLimits>,
 ) -> io::Result<()> {
-    let (cr, cw) = client.split();
-    let (rr, rw) = remote.split();
-    copy_halves((cr, cw), (rr, rw), shared, session).await
+    copy_halves(client.split(), remote.split(), shared, session, limits).await
 }
 
 /// Both directions of a userspace relay over split halves, with the idle
@@ -185,6 +196,7 @@ async fn copy_halves<CR, CW, RR, RW>(
     (mut rr, mut rw): (RR, RW),
     shared: &Shared,
     session: &Bytes,
+    limits: Option<&SessionLimits>,
 ) -> io::Result<()>
 where
     CR: AsyncRead + Unpin,
@@ -194,20 +206,16 @@ where
 {
     let stats = &shared.stats;
     let activity = Activity::new();
+    let up = (&stats.bytes_to_remote, &session.up);
+    let down = (&stats.bytes_to_client, &session.down);
+    let (mup, mdown) = (
+        limits.map(|l| Meter::new(l, Dir::Up)),
+        limits.map(|l| Meter::new(l, Dir::Down)),
+    );
     let both = async {
         tokio::try_join!(
-            copy_one_way(
-                &mut cr,
-                &mut rw,
-                (&stats.bytes_to_remote, &session.up),
-                &activity
-            ),
-            copy_one_way(
-                &mut rr,
-                &mut cw,
-                (&stats.bytes_to_client, &session.down),
-                &activity
-            ),
+            copy_one_way(&mut cr, &mut rw, up, &activity, mup),
+            copy_one_way(&mut rr, &mut cw, down, &activity, mdown),
         )
     };
     tokio::select! {
@@ -218,19 +226,21 @@ where
 
 /// Picks the relay for a client/remote pair: splice when both ends are plain TCP,
 /// userspace copy when either end is TLS (splice cannot see the plaintext).
+/// `limits`: the session's, when its listener has any (`policy::limits`).
 pub async fn relay_any(
     client: crate::host::stream::ClientStream,
     remote: crate::egress::EgressStream,
     early: &[u8],
     shared: &Shared,
     session: &Bytes,
+    limits: Option<&SessionLimits>,
 ) -> io::Result<()> {
     use crate::host::stream::MaybeTls::Plain;
     match (client, remote) {
-        (Plain(c), Plain(r)) => relay(c, r, early, shared, session).await,
+        (Plain(c), Plain(r)) => relay_plain(c, r, early, shared, session, limits).await,
         // TLS relays hold whole TLS streams: boxed, so they do not grow every
         // session's future (an idle plain relay pays only for what it uses).
-        (c, r) => Box::pin(relay_streams(c, r, early, shared, session)).await,
+        (c, r) => Box::pin(relay_streams(c, r, early, shared, session, limits)).await,
     }
 }
 
@@ -242,21 +252,19 @@ pub async fn relay_streams<C, R>(
     early: &[u8],
     shared: &Shared,
     session: &Bytes,
+    limits: Option<&SessionLimits>,
 ) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + AsyncWrite + Unpin,
 {
-    let stats = &shared.stats;
-    if !early.is_empty() {
-        remote.write_all(early).await?;
-        count(&stats.bytes_to_remote, &session.up, early.len());
-    }
+    write_early(&mut remote, early, shared, session, limits).await?;
     copy_halves(
         tokio::io::split(client),
         tokio::io::split(remote),
         shared,
         session,
+        limits,
     )
     .await
 }
@@ -268,6 +276,7 @@ async fn copy_one_way<R, W>(
     w: &mut W,
     counter: (&AtomicU64, &AtomicU64),
     activity: &Activity,
+    meter: Option<Meter<'_>>,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -292,14 +301,40 @@ where
             return Ok(());
         }
         if buf.is_empty() {
-            w.write_all(&small[..n]).await?;
+            write_metered(w, &small[..n], counter, activity, meter).await?;
             buf = vec![0u8; BUF];
         } else {
-            w.write_all(&buf[..n]).await?;
+            write_metered(w, &buf[..n], counter, activity, meter).await?;
         }
-        count(counter.0, counter.1, n);
+    }
+}
+
+/// Writes `data` on, in the parts the session's limits allow (waiting for the
+/// rest), counting each part as it goes.
+async fn write_metered<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    data: &[u8],
+    counter: (&AtomicU64, &AtomicU64),
+    activity: &Activity,
+    meter: Option<Meter<'_>>,
+) -> io::Result<()> {
+    let Some(meter) = meter else {
+        w.write_all(data).await?;
+        count(counter.0, counter.1, data.len());
+        activity.touch();
+        return Ok(());
+    };
+    let mut off = 0;
+    while off < data.len() {
+        let ok = meter.grant(data.len() - off).await?;
+        let res = w.write_all(&data[off..off + ok]).await;
+        meter.done(ok, if res.is_ok() { ok } else { 0 });
+        res?;
+        off += ok;
+        count(counter.0, counter.1, ok);
         activity.touch();
     }
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]
