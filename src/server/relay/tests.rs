@@ -8,6 +8,16 @@ async fn pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
+/// A listener's shared state with default settings, for a relay on its own.
+fn shared() -> Shared {
+    let a: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    crate::server::listener::Shared::new(
+        crate::server::listener::Config::new(a),
+        a,
+        std::sync::Arc::new(crate::host::pump::Pump::new().unwrap()),
+    )
+}
+
 /// Bytes arrive whole and in order across the switch from copy to splice,
 /// also when the far end's small buffers make copy-phase writes partial,
 /// and EOF propagates as a half-close in both directions.
@@ -22,12 +32,7 @@ async fn copy_then_splice_carries_every_byte() {
     socket2::SockRef::from(&remote)
         .set_recv_buffer_size(4096)
         .unwrap();
-    let a: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let shared = crate::server::listener::Shared::new(
-        crate::server::listener::Config::new(a),
-        a,
-        std::sync::Arc::new(crate::host::pump::Pump::new().unwrap()),
-    );
+    let shared = shared();
     let len = 3 * splice::SPLICE_AFTER as usize + 12345;
     let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
     let up = data.clone();
@@ -78,12 +83,7 @@ async fn metered_copy_then_splice_counts_every_byte() {
     ];
     let spec = std::sync::Arc::new(LimitsSpec::from_entries(&e).unwrap());
     let limits = limiter().admit("relay-unit-metered", &spec).await.unwrap();
-    let a: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let shared = crate::server::listener::Shared::new(
-        crate::server::listener::Config::new(a),
-        a,
-        std::sync::Arc::new(crate::host::pump::Pump::new().unwrap()),
-    );
+    let shared = shared();
     let len = 4 * splice::SPLICE_AFTER as usize + 777;
     let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
     let session = Bytes::default();
