@@ -183,14 +183,10 @@ mod tests {
     }
 
     fn meta(ip: [u8; 4]) -> Arc<ConnMeta> {
-        Arc::new(ConnMeta {
-            peer: PeerAddr((ip, 40000).into()),
-            local: LocalAddr(([127, 0, 0, 1], 1080).into()),
-            tls_client: None,
-            http_auth: None,
-            proxy_peer: None,
-            proxy_tlvs: None,
-        })
+        Arc::new(ConnMeta::direct(
+            PeerAddr((ip, 40000).into()),
+            LocalAddr(([127, 0, 0, 1], 1080).into()),
+        ))
     }
 
     #[tokio::test]

@@ -378,14 +378,10 @@ mod tests {
     use crate::policy::identity::CONTEXT_RFC1929;
 
     fn meta() -> ConnMeta {
-        ConnMeta {
-            peer: crate::host::net::PeerAddr(([10, 0, 0, 1], 40000).into()),
-            local: crate::host::net::LocalAddr(([127, 0, 0, 1], 1080).into()),
-            tls_client: None,
-            http_auth: None,
-            proxy_peer: None,
-            proxy_tlvs: None,
-        }
+        ConnMeta::direct(
+            crate::host::net::PeerAddr(([10, 0, 0, 1], 40000).into()),
+            crate::host::net::LocalAddr(([127, 0, 0, 1], 1080).into()),
+        )
     }
 
     fn k<'a>(user: &'a [u8], pw: &'a [u8]) -> CacheKey<'a> {

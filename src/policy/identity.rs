@@ -151,6 +151,21 @@ pub struct ConnMeta {
     pub proxy_tlvs: Option<Arc<crate::proto::proxy_header::Tlvs>>,
 }
 
+impl ConnMeta {
+    /// A connection straight from its peer: no TLS client certificate, no HTTP
+    /// authentication yet, no load balancer in front.
+    pub fn direct(peer: PeerAddr, local: LocalAddr) -> Self {
+        ConnMeta {
+            peer,
+            local,
+            tls_client: None,
+            http_auth: None,
+            proxy_peer: None,
+            proxy_tlvs: None,
+        }
+    }
+}
+
 /// Peers allowed to proceed without credentials. Default: loopback only, so a
 /// listener opened on 0.0.0.0 is not an open relay by accident.
 #[derive(Debug, Clone)]

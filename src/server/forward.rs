@@ -27,14 +27,7 @@ pub async fn serve(
     let mut trace = Trace::new("forward");
     trace.command = Some("connect");
     trace.destination = Some(to.to_string());
-    let meta = ConnMeta {
-        peer: PeerAddr(peer),
-        local: LocalAddr(shared.local_addr),
-        tls_client: None,
-        http_auth: None,
-        proxy_peer: None,
-        proxy_tlvs: None,
-    };
+    let meta = ConnMeta::direct(PeerAddr(peer), LocalAddr(shared.local_addr));
     let r = tokio::select! {
         r = forward_one(stream, &meta, &shared, &source, &to, &mut trace) => r,
         _ = shared.abort.cancelled() => Err(SessionError::Aborted),

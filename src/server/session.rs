@@ -201,14 +201,10 @@ pub async fn fuzz_session(
     peer: SocketAddr,
     shared: &Shared,
 ) -> Result<(), SessionError> {
-    let meta = Arc::new(ConnMeta {
-        peer: PeerAddr(peer),
-        local: LocalAddr(shared.local_addr),
-        tls_client: None,
-        http_auth: None,
-        proxy_peer: None,
-        proxy_tlvs: None,
-    });
+    let meta = Arc::new(ConnMeta::direct(
+        PeerAddr(peer),
+        LocalAddr(shared.local_addr),
+    ));
     let mut trace = Trace::new("socks5");
     handle(ClientStream::Mem(client), &meta, shared, &mut trace).await
 }

@@ -198,12 +198,9 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     };
     let meta = Arc::new(ConnMeta {
-        peer: PeerAddr(peer),
-        local: LocalAddr(local),
-        tls_client: None,
-        http_auth: None,
         proxy_peer,
         proxy_tlvs,
+        ..ConnMeta::direct(PeerAddr(peer), LocalAddr(local))
     });
     let svc_shared = shared.clone();
     let svc = hyper::service::service_fn(move |req| respond(req, meta.clone(), svc_shared.clone()));

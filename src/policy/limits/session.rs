@@ -87,6 +87,18 @@ impl SessionLimits {
         self.spec.meters_bytes()
     }
 
+    /// The quota lease while bytes count against it (not once it proved unmetered).
+    fn metered_quota(&self) -> Option<&Arc<QuotaLease>> {
+        self.quota.as_ref().filter(|q| !q.unmetered.load(Relaxed))
+    }
+
+    /// Gives `n` bytes taken from the quota budget back (they did not move).
+    fn refund_quota(&self, n: usize) {
+        if let Some(q) = self.metered_quota() {
+            q.budget.fetch_add(n as i64, Relaxed);
+        }
+    }
+
     /// How many of `want` bytes may move now in `dir`. Waits for the bandwidth
     /// shaper (a timer, no lock) and, rarely, for a quota chunk. `Err`: the
     /// quota is used up and the session must end. Follow with [`record`](Self::record).
@@ -103,44 +115,34 @@ impl SessionLimits {
     /// `Ok(None)`: wait with [`permit_slow`](Self::permit_slow).
     pub fn try_permit(&self, dir: Dir, want: usize) -> Result<Option<usize>, Cut> {
         let mut n = want;
-        if let Some(q) = &self.quota {
-            if !q.unmetered.load(Relaxed) {
-                let b = q.budget.load(Relaxed);
-                if b <= 0 {
-                    if q.exhausted.load(Relaxed) {
-                        return Err(self.cut());
-                    }
-                    return Ok(None);
+        if let Some(q) = self.metered_quota() {
+            let b = q.budget.load(Relaxed);
+            if b <= 0 {
+                if q.exhausted.load(Relaxed) {
+                    return Err(self.cut());
                 }
-                let take = (want as i64).min(b);
-                if q.budget
-                    .compare_exchange(b, b - take, Relaxed, Relaxed)
-                    .is_err()
-                {
-                    return Ok(None);
-                }
-                if b - take < q.quota.chunk() as i64 / 2 && self.fleet.is_some() {
-                    self.prefetch(q);
-                }
-                n = take as usize;
+                return Ok(None);
             }
+            let take = (want as i64).min(b);
+            if q.budget
+                .compare_exchange(b, b - take, Relaxed, Relaxed)
+                .is_err()
+            {
+                return Ok(None);
+            }
+            if b - take < q.quota.chunk() as i64 / 2 && self.fleet.is_some() {
+                self.prefetch(q);
+            }
+            n = take as usize;
         }
         if let Some(sh) = &self.shapers[dir as usize] {
             match sh.take(n, now_ns()) {
                 Grant::Go(g) => {
-                    if let Some(q) = &self.quota {
-                        if !q.unmetered.load(Relaxed) {
-                            q.budget.fetch_add((n - g) as i64, Relaxed);
-                        }
-                    }
+                    self.refund_quota(n - g);
                     n = g;
                 }
                 Grant::Wait(_) => {
-                    if let Some(q) = &self.quota {
-                        if !q.unmetered.load(Relaxed) {
-                            q.budget.fetch_add(n as i64, Relaxed);
-                        }
-                    }
+                    self.refund_quota(n);
                     return Ok(None);
                 }
             }
@@ -156,8 +158,7 @@ impl SessionLimits {
         let Some(sh) = &self.shapers[dir as usize] else {
             return Ok(false);
         };
-        let metered = |q: &&Arc<QuotaLease>| !q.unmetered.load(Relaxed);
-        if let Some(q) = self.quota.as_ref().filter(metered) {
+        if let Some(q) = self.metered_quota() {
             // All of it from the budget, or nothing.
             let b = q.budget.load(Relaxed);
             if b < want as i64 {
@@ -176,9 +177,7 @@ impl SessionLimits {
         if sh.take_oversized(want, now_ns()) {
             return Ok(true);
         }
-        if let Some(q) = self.quota.as_ref().filter(metered) {
-            q.budget.fetch_add(want as i64, Relaxed);
-        }
+        self.refund_quota(want);
         Ok(false)
     }
 
@@ -192,11 +191,7 @@ impl SessionLimits {
             loop {
                 match sh.take(n, now_ns()) {
                     Grant::Go(g) => {
-                        if let Some(q) = &self.quota {
-                            if !q.unmetered.load(Relaxed) {
-                                q.budget.fetch_add((n - g) as i64, Relaxed);
-                            }
-                        }
+                        self.refund_quota(n - g);
                         n = g;
                         break;
                     }
@@ -215,11 +210,7 @@ impl SessionLimits {
             if let Some(sh) = &self.shapers[dir as usize] {
                 sh.refund(unused);
             }
-            if let Some(q) = &self.quota {
-                if !q.unmetered.load(Relaxed) {
-                    q.budget.fetch_add(unused as i64, Relaxed);
-                }
-            }
+            self.refund_quota(unused);
         }
         self.count(dir, moved as u64);
     }
@@ -347,9 +338,7 @@ impl Drop for SessionLimits {
             self.state.sessions.fetch_sub(1, Relaxed);
         }
         let unused = self
-            .quota
-            .as_ref()
-            .filter(|q| !q.unmetered.load(Relaxed))
+            .metered_quota()
             .map(|q| (q.quota, q.budget.swap(0, Relaxed).max(0) as u64));
         match &self.fleet {
             Some(fleet) => {
